@@ -1,0 +1,5 @@
+"""`python -m deeprec` is the `deeprec` command."""
+
+from deeprec.cli import main
+
+raise SystemExit(main())

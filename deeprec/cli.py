@@ -1,0 +1,185 @@
+"""The `deeprec` command. Every user error ends as one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from deeprec import __version__, datasets
+from deeprec.errors import DeeprecError
+from deeprec.ratings import DUPLICATE_POLICIES
+from deeprec.splits import CANONICAL_SPLITS, REPORT_SEED, SPLIT_NAMES, describe_split, make_split
+
+log = logging.getLogger("deeprec")
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def _scale(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX such as 1,5, got {text!r}") from None
+    if not low < high:
+        raise argparse.ArgumentTypeError(f"MIN must be below MAX, got {text!r}")
+    return low, high
+
+
+def _header(text: str) -> bool | None:
+    return {"auto": None, "yes": True, "no": False}[text]
+
+
+def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="ml-1m", help=f"one of {', '.join(datasets.dataset_names())} (default ml-1m)")
+    parser.add_argument("--sep", default=None, help="csv:PATH only: field separator (default: detected)")
+    parser.add_argument("--header", choices=("auto", "yes", "no"), default="auto", help="csv:PATH only: is the first line a header")
+    parser.add_argument("--scale", type=_scale, default=None, metavar="MIN,MAX", help="csv:PATH only: rating scale (default: from the data)")
+    parser.add_argument("--duplicates", choices=DUPLICATE_POLICIES, default="error", help="duplicate (user, item) ratings: error (default) or keep the last")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deeprec", description="Autoencoder collaborative filtering experiments, tracked in MLflow.")
+    parser.add_argument("--version", action="version", version=f"deeprec {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="download, inspect and verify datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    download = data_commands.add_parser("download", help="fetch a dataset into the cache ($DEEPREC_DATA_DIR)")
+    download.add_argument("--dataset", default="ml-1m", help=f"one of {', '.join(sorted(datasets.DATASETS))} (default ml-1m)")
+    info = data_commands.add_parser("info", help="ratings, users, items, density, histogram and split sizes")
+    _add_dataset_args(info)
+    info.add_argument("--split", default=None, help=f"also split the data: one of {', '.join(SPLIT_NAMES)}")
+    info.add_argument("--seed", type=int, default=REPORT_SEED, help=f"split seed (default {REPORT_SEED}, the report's)")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    verify = data_commands.add_parser("verify", help="re-check the archive checksum and validate every file")
+    _add_dataset_args(verify)
+    return parser
+
+
+def _progress_printer(name: str):
+    """Download progress on stderr: a live line on a terminal, a log line every 10% otherwise."""
+    last_decile = [-1]
+
+    def show(done: int, total: int | None) -> None:
+        if total:
+            if sys.stderr.isatty():
+                sys.stderr.write(f"\rdownloading {name}: {done / total:6.1%} of {total / 1e6:.1f} MB")
+                if done >= total:
+                    sys.stderr.write("\n")
+            elif done * 10 // total > last_decile[0]:
+                last_decile[0] = done * 10 // total
+                log.info("downloading %s: %d%% of %.1f MB", name, last_decile[0] * 10, total / 1e6)
+        elif sys.stderr.isatty():
+            sys.stderr.write(f"\rdownloading {name}: {done / 1e6:.1f} MB")
+
+    return show
+
+
+def _spec(args: argparse.Namespace) -> datasets.DatasetSpec:
+    return datasets.get_spec(args.dataset, sep=getattr(args, "sep", None), header=_header(getattr(args, "header", "auto")), scale=getattr(args, "scale", None))
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    spec = datasets.get_spec(args.dataset)
+    if spec.local_path is not None:
+        raise DeeprecError("csv:PATH datasets are local files; there is nothing to download")
+    found = datasets.find_local(spec)
+    if found is not None:
+        print(f"{spec.name}: already present in {found}")
+        return 0
+    folder = datasets.download(spec, progress=_progress_printer(spec.archive_name or spec.name))
+    print(f"{spec.name}: downloaded and verified into {folder}")
+    return 0
+
+
+def dataset_summary(dataset: datasets.Dataset) -> dict:
+    ratings = dataset.ratings
+    n_users, n_items = ratings.n_users, ratings.n_items
+    return {
+        "dataset": dataset.spec.name,
+        "folder": str(dataset.folder),
+        "ratings_md5": dataset.digest,
+        "ratings": len(ratings),
+        "users": n_users,
+        "items": n_items,
+        "density": len(ratings) / (n_users * n_items),
+        "scale": list(ratings.scale),
+        "rating_histogram": ratings.histogram(),
+        "has_timestamps": ratings.has_timestamps,
+    }
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    spec = _spec(args)
+    if args.split is not None and args.split not in SPLIT_NAMES:  # checked before any loading
+        raise DeeprecError(f"unknown split {args.split!r}; choose one of: {', '.join(SPLIT_NAMES)}")
+    if args.split in CANONICAL_SPLITS and spec.url is not None and spec.name != "ml-100k":
+        raise DeeprecError(f"split {args.split} is ML-100K's canonical fold; use --dataset ml-100k (or a csv: copy of its u.data)")
+    dataset = datasets.load(spec, duplicates=args.duplicates, progress=_progress_printer(spec.archive_name or spec.name))
+    summary = dataset_summary(dataset)
+    if args.split is not None:
+        split = make_split(args.split, dataset.ratings.users, seed=args.seed)
+        summary["split"] = describe_split(dataset.ratings.users, dataset.ratings.items, split)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"{summary['dataset']}  ({summary['folder']})")
+    print(f"  ratings {summary['ratings']:,}   users {summary['users']:,}   items {summary['items']:,}   density {summary['density']:.4%}")
+    print(f"  scale {summary['scale'][0]:g}..{summary['scale'][1]:g}   timestamps {'yes' if summary['has_timestamps'] else 'absent or all equal'}")
+    print("  histogram " + "  ".join(f"{k}: {v:,}" for k, v in summary["rating_histogram"].items()))
+    if "split" in summary:
+        s = summary["split"]
+        print(f"  split {s['name']} (seed {s['seed']}): train {s['train']:,}   valid {s['valid']:,}   test {s['test']:,}")
+        print(f"  held-out ratings with a user or item unseen in train: valid {s['valid_unseen_in_train']:,}   test {s['test_unseen_in_train']:,}")
+        for note in s["notes"]:
+            print(f"  note: {note}")
+    return 0
+
+
+def cmd_data_verify(args: argparse.Namespace) -> int:
+    spec = _spec(args)
+    folder = datasets.find_local(spec)
+    if folder is None:
+        raise DeeprecError(f"{spec.name} is not in {datasets.data_root()}; run: deeprec data download --dataset {spec.name}")
+    ok = True
+    archive = folder.parent / spec.archive_name if spec.archive_name else None
+    if archive is not None and archive.is_file() and spec.md5 is not None:
+        md5 = datasets.archive_md5(archive)
+        ok = md5 == spec.md5
+        print(f"{archive}: MD5 {md5} {'matches' if ok else 'DOES NOT MATCH'} the published {spec.md5}")
+    else:
+        print(f"{folder}: extracted files used as they are (no archive with a pinned checksum to re-check)")
+    dataset = datasets.load(spec, duplicates=args.duplicates)
+    print(f"{dataset.ratings.source}: {len(dataset.ratings):,} ratings valid (MD5 {dataset.digest})")
+    if spec.side_info:
+        users, items = dataset.user_features(), dataset.item_features()
+        print(f"{folder / spec.users_file}: {len(users):,} users, {users.shape[1]} feature columns")
+        print(f"{folder / spec.items_file}: {len(items):,} items, {items.shape[1]} feature columns")
+    return 0 if ok else EXIT_FAILED
+
+
+COMMANDS = {
+    ("data", "download"): cmd_data_download,
+    ("data", "info"): cmd_data_info,
+    ("data", "verify"): cmd_data_verify,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    command = COMMANDS[(args.command, getattr(args, f"{args.command}_command", None))]
+    try:
+        return command(args)
+    except DeeprecError as exc:
+        print(f"deeprec: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("deeprec: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,296 @@
+"""Dataset registry, download cache and loading.
+
+Each MovieLens release is a frozen DatasetSpec: where GroupLens publishes it, the archive's
+published MD5, the files inside, their format and the rating scale. `csv:PATH` names any local
+user,item,rating[,timestamp] file.
+
+Cache: `$DEEPREC_DATA_DIR` (default `~/.cache/deeprec/datasets`, or under `$XDG_CACHE_HOME`).
+A dataset lives in `<cache>/<name>/` as the extracted files. A folder that already holds them
+(e.g. `DEEPREC_DATA_DIR=../shared/data` with `ml-1m/ratings.dat`) is used as it is. Downloads go
+to a temporary file in the cache, are checked (length, MD5, zip integrity) and only then renamed
+into place, so an interrupted or corrupt download never leaves a cache entry behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import re
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from deeprec import features
+from deeprec.errors import DeeprecError, DownloadError
+from deeprec.ratings import DuplicatePolicy, Ratings, RatingsFormat, read_ratings
+
+log = logging.getLogger(__name__)
+
+GROUPLENS = "https://files.grouplens.org/datasets/movielens"
+DOWNLOAD_TIMEOUT_S = 60
+CHUNK_BYTES = 1 << 20
+
+Progress = Callable[[int, int | None], None]  # (bytes so far, total bytes or None)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything needed to fetch, verify and parse one dataset."""
+
+    name: str
+    ratings_file: str
+    ratings_format: RatingsFormat
+    scale: tuple[float, float] | None  # None: inferred from the data (generic csv files)
+    url: str | None = None
+    md5: str | None = None  # the archive's published MD5
+    md5_url: str | None = None  # published MD5 sidecar, for archives GroupLens re-issues in place
+    archive_dir: str | None = None  # top folder inside the zip
+    users_file: str | None = None
+    items_file: str | None = None
+    side_info: str | None = None  # which feature parsers apply: "ml-1m" | "ml-100k"
+    local_path: Path | None = None  # csv:PATH datasets: the file itself
+    description: str = ""
+
+    @property
+    def archive_name(self) -> str | None:
+        return None if self.url is None else self.url.rsplit("/", 1)[-1]
+
+
+_DAT = RatingsFormat(sep="::", header=False, integer_ids=True)
+_UDATA = RatingsFormat(sep="\t", header=False, integer_ids=True)
+_CSV = RatingsFormat(sep=",", header=True, integer_ids=True)
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec(
+            name="ml-100k", url=f"{GROUPLENS}/ml-100k.zip", md5="0e33842e24a9c977be4e0107933c0723",
+            archive_dir="ml-100k", ratings_file="u.data", ratings_format=_UDATA, scale=(1, 5),
+            users_file="u.user", items_file="u.item", side_info="ml-100k",
+            description="MovieLens 100K: 100,000 ratings, 943 users, 1,682 movies (1998)",
+        ),
+        DatasetSpec(
+            name="ml-1m", url=f"{GROUPLENS}/ml-1m.zip", md5="c4d9eecfca2ab87c1945afe126590906",
+            archive_dir="ml-1m", ratings_file="ratings.dat", ratings_format=_DAT, scale=(1, 5),
+            users_file="users.dat", items_file="movies.dat", side_info="ml-1m",
+            description="MovieLens 1M: 1,000,209 ratings, 6,040 users, 3,706 rated movies (2003)",
+        ),
+        DatasetSpec(
+            name="ml-10m", url=f"{GROUPLENS}/ml-10m.zip", md5="ce571fd55effeba0271552578f2648bd",
+            archive_dir="ml-10M100K", ratings_file="ratings.dat", ratings_format=_DAT, scale=(0.5, 5),
+            items_file="movies.dat",
+            description="MovieLens 10M: 10,000,054 ratings, 69,878 users, 10,677 movies (2009)",
+        ),
+        DatasetSpec(
+            name="ml-20m", url=f"{GROUPLENS}/ml-20m.zip", md5="cd245b17a1ae2cc31bb14903e1204af3",
+            archive_dir="ml-20m", ratings_file="ratings.csv", ratings_format=_CSV, scale=(0.5, 5),
+            items_file="movies.csv",
+            description="MovieLens 20M: 20,000,263 ratings, 138,493 users, 26,744 movies (2015)",
+        ),
+        DatasetSpec(
+            # GroupLens re-issues ml-latest-small in place, so its checksum is read from the
+            # MD5 sidecar it publishes beside the archive rather than pinned here.
+            name="ml-latest-small", url=f"{GROUPLENS}/ml-latest-small.zip",
+            md5_url=f"{GROUPLENS}/ml-latest-small.zip.md5",
+            archive_dir="ml-latest-small", ratings_file="ratings.csv", ratings_format=_CSV, scale=(0.5, 5),
+            items_file="movies.csv",
+            description="MovieLens latest small: about 100,000 ratings, 610 users, 9,700 movies",
+        ),
+    )
+}
+
+
+def dataset_names() -> list[str]:
+    return sorted(DATASETS) + ["csv:PATH"]
+
+
+def get_spec(name: str, sep: str | None = None, header: bool | None = None,
+             scale: tuple[float, float] | None = None) -> DatasetSpec:
+    """The spec for a registered name or `csv:PATH`; `sep`/`header`/`scale` apply to csv only."""
+    if name.startswith("csv:"):
+        path = Path(name[4:]).expanduser()
+        if not name[4:]:
+            raise DeeprecError("csv: needs a path, e.g. csv:ratings.csv")
+        return DatasetSpec(
+            name=name, ratings_file=path.name, local_path=path, scale=scale,
+            ratings_format=RatingsFormat(sep=sep, header=header, encoding="utf-8"),
+            description=f"ratings file {path}",
+        )
+    if name not in DATASETS:
+        raise DeeprecError(f"unknown dataset {name!r}; choose one of: {', '.join(dataset_names())}")
+    if sep is not None or header is not None or scale is not None:
+        raise DeeprecError(f"--sep, --header and --scale apply to csv:PATH datasets, not to {name}")
+    return DATASETS[name]
+
+
+def data_root() -> Path:
+    """The dataset cache: $DEEPREC_DATA_DIR, else the user's cache dir."""
+    if os.environ.get("DEEPREC_DATA_DIR"):
+        return Path(os.environ["DEEPREC_DATA_DIR"]).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "deeprec" / "datasets"
+
+
+def find_local(spec: DatasetSpec, root: Path | None = None) -> Path | None:
+    """The folder holding the spec's extracted files, if any: <root>/<name> or <root>/<archive dir>."""
+    if spec.local_path is not None:
+        return spec.local_path.parent if spec.local_path.is_file() else None
+    root = root or data_root()
+    for folder in dict.fromkeys((spec.name, spec.archive_dir)):
+        if folder and (root / folder / spec.ratings_file).is_file():
+            return root / folder
+    return None
+
+
+def ensure_dataset(spec: DatasetSpec, progress: Progress | None = None, root: Path | None = None) -> Path:
+    """The folder with the dataset's files, downloading and extracting it first if needed."""
+    found = find_local(spec, root)
+    if found is not None:
+        return found
+    if spec.local_path is not None:
+        raise DeeprecError(f"{spec.local_path}: no such ratings file")
+    return download(spec, progress=progress, root=root)
+
+
+def download(spec: DatasetSpec, progress: Progress | None = None, root: Path | None = None) -> Path:
+    """Fetch, verify and extract the spec's archive into <root>/<name>; return that folder."""
+    if spec.url is None:
+        raise DeeprecError(f"{spec.name} is a local file; there is nothing to download")
+    root = root or data_root()
+    target = root / spec.name
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DeeprecError(f"cannot create the data directory {root}: {exc.strerror}") from exc
+    expected_md5 = spec.md5 or _published_md5(spec)
+    archive = root / spec.archive_name
+    fd, partial = tempfile.mkstemp(prefix=f".{spec.archive_name}.", suffix=".part", dir=root)
+    os.close(fd)
+    staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", suffix=".extract", dir=root))
+    try:
+        md5 = _fetch(spec, Path(partial), progress)
+        if md5 != expected_md5:
+            raise DownloadError(f"{spec.url}: checksum mismatch (MD5 {md5}, published {expected_md5}); nothing was cached")
+        _extract(spec, Path(partial), staging)
+        extracted = staging / (spec.archive_dir or "")
+        if not (extracted / spec.ratings_file).is_file():
+            raise DownloadError(f"{spec.url}: the archive has no {spec.archive_dir}/{spec.ratings_file}; nothing was cached")
+        # Rename, not copy: the cache entry appears whole or not at all.
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(extracted, target)
+        os.replace(partial, archive)  # kept so that `deeprec data verify` can re-check the MD5
+    finally:
+        Path(partial).unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("%s: downloaded and verified into %s", spec.name, target)
+    return target
+
+
+def _offline_hint(spec: DatasetSpec, reason: object) -> DownloadError:
+    root = data_root()
+    return DownloadError(
+        f"cannot download {spec.url} ({reason}); fetch it by hand and unzip it so that "
+        f"{root / spec.name / spec.ratings_file} exists (or set DEEPREC_DATA_DIR to a folder holding {spec.name}/)"
+    )
+
+
+def _open(spec: DatasetSpec, url: str):
+    try:
+        return urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S)  # noqa: S310 (https/http URLs from the registry)
+    except (urllib.error.URLError, OSError) as exc:
+        raise _offline_hint(spec, getattr(exc, "reason", exc)) from exc
+
+
+def _published_md5(spec: DatasetSpec) -> str:
+    """Read GroupLens's sidecar (`MD5 (ml-latest-small.zip) = <hex>`)."""
+    with _open(spec, spec.md5_url) as response:
+        text = response.read(4096).decode("ascii", errors="replace")
+    match = re.search(r"\b([0-9a-fA-F]{32})\b", text)
+    if match is None:
+        raise DownloadError(f"{spec.md5_url}: no MD5 checksum in the published sidecar")
+    return match.group(1).lower()
+
+
+def _fetch(spec: DatasetSpec, destination: Path, progress: Progress | None) -> str:
+    """Stream the archive to `destination`; return its MD5. A short read is an error."""
+    digest = hashlib.md5()  # noqa: S324 (GroupLens publishes MD5; integrity, not security)
+    received = 0
+    with _open(spec, spec.url) as response, destination.open("wb") as out:
+        total = int(response.headers["Content-Length"]) if response.headers.get("Content-Length") else None
+        try:
+            while chunk := response.read(CHUNK_BYTES):
+                out.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+                if progress is not None:
+                    progress(received, total)
+        except (OSError, http.client.HTTPException) as exc:  # reset connection, IncompleteRead
+            raise DownloadError(f"{spec.url}: transfer interrupted after {received} bytes ({exc!r}); nothing was cached") from exc
+    if total is not None and received != total:
+        raise DownloadError(f"{spec.url}: transfer interrupted after {received} of {total} bytes; nothing was cached")
+    return digest.hexdigest()
+
+
+def _extract(spec: DatasetSpec, archive: Path, staging: Path) -> None:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            bad = zf.testzip()
+            if bad is not None:
+                raise DownloadError(f"{spec.url}: corrupt member {bad} in the archive; nothing was cached")
+            for member in zf.namelist():
+                # Refuse absolute paths and "..": an archive must not write outside the staging folder.
+                if member.startswith("/") or ".." in Path(member).parts:
+                    raise DownloadError(f"{spec.url}: unsafe path {member!r} in the archive; nothing was cached")
+            zf.extractall(staging)
+    except zipfile.BadZipFile as exc:
+        raise DownloadError(f"{spec.url}: not a valid zip archive ({exc}); nothing was cached") from exc
+
+
+def archive_md5(path: Path) -> str:
+    digest = hashlib.md5()  # noqa: S324
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A loaded dataset: its spec, where its files are, and the validated ratings."""
+
+    spec: DatasetSpec
+    folder: Path
+    ratings: Ratings
+    digest: str = field(default="")  # MD5 of the ratings file: identifies the exact data used
+
+    def user_features(self) -> pd.DataFrame:
+        """30 one-hot user columns (gender, age group, occupation), indexed by raw user id."""
+        parser = {"ml-1m": features.ml1m_users, "ml-100k": features.ml100k_users}.get(self.spec.side_info or "")
+        if parser is None or self.spec.users_file is None:
+            raise DeeprecError(f"{self.spec.name} has no user side information (ml-1m and ml-100k do)")
+        return parser(self.folder / self.spec.users_file)
+
+    def item_features(self) -> pd.DataFrame:
+        """Genre one-hot columns plus release_year, indexed by raw item id."""
+        parser = {"ml-1m": features.ml1m_items, "ml-100k": features.ml100k_items}.get(self.spec.side_info or "")
+        if parser is None or self.spec.items_file is None:
+            raise DeeprecError(f"{self.spec.name} has no item side information parser (ml-1m and ml-100k do)")
+        return parser(self.folder / self.spec.items_file)
+
+
+def load(spec: DatasetSpec, duplicates: DuplicatePolicy = "error", progress: Progress | None = None) -> Dataset:
+    """Ensure the dataset is present (downloading if needed), then parse and validate its ratings."""
+    folder = ensure_dataset(spec, progress=progress)
+    ratings_path = spec.local_path if spec.local_path is not None else folder / spec.ratings_file
+    ratings = read_ratings(ratings_path, spec.ratings_format, scale=spec.scale, duplicates=duplicates)
+    return Dataset(spec=spec, folder=folder, ratings=ratings, digest=archive_md5(ratings_path))

@@ -1,0 +1,337 @@
+"""Parse and validate ratings files: MovieLens `::` .dat, tab-separated `u.data`, `ratings.csv`,
+and any user,item,rating[,timestamp] file.
+
+Parsing is two-speed: pandas' C parser reads a good file at full speed; only when it reports a
+problem do we re-read the offending line(s) in Python to say exactly which line is wrong and why.
+Blank lines are kept as rows (`skip_blank_lines=False`) so that row r is always line r + 1 + header.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from deeprec.errors import DataFormatError, DeeprecError
+
+log = logging.getLogger(__name__)
+
+DuplicatePolicy = Literal["error", "keep-last"]
+DUPLICATE_POLICIES: tuple[str, ...] = ("error", "keep-last")
+
+# Tried in this order when a file's separator is not given: the first that splits the first line
+# into 3 or 4 fields wins ("::" before ":" style matches, tab before space).
+SEPARATOR_CANDIDATES: tuple[str, ...] = ("::", "\t", ",", ";", "|", " ")
+
+
+@dataclass(frozen=True)
+class RatingsFormat:
+    """How a ratings file is laid out. `None` means "detect from the file"."""
+
+    sep: str | None = None
+    header: bool | None = None
+    encoding: str = "latin-1"  # MovieLens files are latin-1; ASCII ids/ratings read the same either way
+    integer_ids: bool = False  # MovieLens ids are integers; a generic file may use any strings
+
+
+@dataclass(frozen=True)
+class Ratings:
+    """All ratings of a dataset in file order, with raw ids (not yet mapped to indices)."""
+
+    users: np.ndarray  # raw user ids (int64, or object for string ids)
+    items: np.ndarray  # raw item ids
+    values: np.ndarray  # float32 ratings
+    timestamps: np.ndarray | None  # int64 seconds, or None when the file has no such column
+    scale: tuple[float, float]
+    source: Path
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @property
+    def n_users(self) -> int:
+        return len(pd.unique(self.users))
+
+    @property
+    def n_items(self) -> int:
+        return len(pd.unique(self.items))
+
+    @property
+    def has_timestamps(self) -> bool:
+        """False when there is no timestamp column or every timestamp is the same (e.g. all 0)."""
+        return bool(self.timestamps is not None and len(self) > 0 and self.timestamps.min() != self.timestamps.max())
+
+    def histogram(self) -> dict[str, int]:
+        """Count of each distinct rating value, keyed by its shortest text form ("4", "3.5")."""
+        levels, counts = np.unique(self.values, return_counts=True)
+        return {_format_rating(float(v)): int(c) for v, c in zip(levels, counts)}
+
+    def subset(self, rows: np.ndarray) -> Ratings:
+        """The ratings at `rows` (an index array from a split), in that order."""
+        return Ratings(
+            users=self.users[rows],
+            items=self.items[rows],
+            values=self.values[rows],
+            timestamps=None if self.timestamps is None else self.timestamps[rows],
+            scale=self.scale,
+            source=self.source,
+        )
+
+
+def _format_rating(value: float) -> str:
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def read_ratings(
+    path: str | Path,
+    fmt: RatingsFormat = RatingsFormat(),
+    scale: tuple[float, float] | None = None,
+    duplicates: DuplicatePolicy = "error",
+) -> Ratings:
+    """Read and validate a ratings file.
+
+    `scale` is the allowed (min, max) rating; None infers it from the data (generic files only).
+    Raises DataFormatError naming the file and line for any malformed, out-of-scale or duplicate
+    rating, and for an empty file.
+    """
+    path = Path(path)
+    if duplicates not in DUPLICATE_POLICIES:
+        raise DeeprecError(f"unknown duplicate policy {duplicates!r}; choose one of {DUPLICATE_POLICIES}")
+    if not path.is_file():
+        raise DeeprecError(f"{path}: no such ratings file")
+    if scale is not None and not scale[0] < scale[1]:
+        raise DeeprecError(f"rating scale {scale} is empty: the minimum must be below the maximum")
+
+    first_line = _first_line(path, fmt.encoding)
+    sep = fmt.sep if fmt.sep is not None else sniff_separator(path, first_line)
+    header = fmt.header if fmt.header is not None else _looks_like_header(first_line, sep)
+    data_line = _nth_line(path, fmt.encoding, 2) if header else first_line
+    if data_line is None:
+        raise DataFormatError(path, None, "the file has a header but no ratings")
+    n_fields = len(data_line.rstrip("\r\n").split(sep))
+    if n_fields not in (3, 4):
+        raise DataFormatError(
+            path, 2 if header else 1, f"expected user{sep}item{sep}rating[{sep}timestamp], got {n_fields} fields"
+        )
+    layout = _Layout(path, sep, header, n_fields, fmt, scale)
+
+    frame = _read_frame(layout)
+    frame = _validated(frame, layout)
+    frame = _deduplicated(frame, layout, duplicates)
+    values = frame["rating"].to_numpy(dtype=np.float32)
+    resolved_scale = scale if scale is not None else (float(values.min()), float(values.max()))
+    if scale is None:
+        log.info("%s: rating scale not given, inferred %s from the data", path, resolved_scale)
+    return Ratings(
+        users=_ids(frame["user"]),
+        items=_ids(frame["item"]),
+        values=values,
+        timestamps=frame["timestamp"].to_numpy(dtype=np.int64) if n_fields == 4 else None,
+        scale=resolved_scale,
+        source=path,
+    )
+
+
+@dataclass(frozen=True)
+class _Layout:
+    path: Path
+    sep: str
+    header: bool
+    n_fields: int
+    fmt: RatingsFormat
+    scale: tuple[float, float] | None
+
+    @property
+    def columns(self) -> list[str]:
+        return ["user", "item", "rating", "timestamp"][: self.n_fields]
+
+    def line_of(self, row: int) -> int:
+        return int(row) + 1 + int(self.header)
+
+
+def _first_line(path: Path, encoding: str) -> str:
+    line = _nth_line(path, encoding, 1)
+    if line is None or not line.strip():
+        raise DataFormatError(path, None if line is None else 1, "the file is empty" if line is None else "empty line")
+    return line
+
+
+def _nth_line(path: Path, encoding: str, n: int) -> str | None:
+    with path.open(encoding=encoding, newline="") as handle:
+        return next(itertools.islice(handle, n - 1, n), None)
+
+
+def sniff_separator(path: Path, first_line: str) -> str:
+    """The separator that splits `first_line` into 3 or 4 fields (see SEPARATOR_CANDIDATES)."""
+    text = first_line.rstrip("\r\n")
+    for sep in SEPARATOR_CANDIDATES:
+        if len(text.split(sep)) in (3, 4):
+            return sep
+    raise DataFormatError(path, 1, "cannot tell the separator: no candidate splits this line into user, item, rating[, timestamp]")
+
+
+def _looks_like_header(first_line: str, sep: str) -> bool:
+    """A first line whose rating field is not a number is a header (`userId,movieId,rating,...`)."""
+    fields = first_line.rstrip("\r\n").split(sep)
+    try:
+        float(fields[2])
+    except (IndexError, ValueError):
+        return True
+    return False
+
+
+def _read_frame(layout: _Layout) -> pd.DataFrame:
+    # pandas' C parser cannot split on "::"; splitting on ":" puts an empty column between fields,
+    # which is checked to be empty below, so "1:2::3" cannot slip through.
+    if layout.sep == "::":
+        names = [n for col in layout.columns for n in (col, f"_gap_{col}")][:-1]
+        pandas_sep = ":"
+    else:
+        names = layout.columns
+        pandas_sep = layout.sep
+    try:
+        frame = pd.read_csv(
+            layout.path,
+            sep=pandas_sep,
+            header=None,
+            names=names,
+            skiprows=1 if layout.header else 0,
+            index_col=False,
+            skip_blank_lines=False,
+            encoding=layout.fmt.encoding,
+            engine="c",
+            quoting=3,  # csv.QUOTE_NONE: MovieLens ratings files never quote
+        )
+    except (pd.errors.ParserError, ValueError, UnicodeDecodeError) as exc:
+        _raise_first_bad_line(layout, fallback=str(exc).strip())
+        raise AssertionError("unreachable") from exc
+    if frame.empty:
+        raise DataFormatError(layout.path, None, "the file holds no ratings")
+    gaps = [c for c in frame.columns if c.startswith("_gap_")]
+    if gaps:
+        bad = frame[gaps].notna().any(axis=1).to_numpy()
+        _raise_at_first(layout, bad)
+        frame = frame.drop(columns=gaps)
+    return frame
+
+
+def _validated(frame: pd.DataFrame, layout: _Layout) -> pd.DataFrame:
+    """Check every row; on the first bad one, explain that line of the file."""
+    _raise_at_first(layout, frame.isna().any(axis=1).to_numpy())
+    rating = pd.to_numeric(frame["rating"], errors="coerce")
+    bad = rating.isna().to_numpy() | ~np.isfinite(rating.to_numpy(dtype=np.float64, na_value=np.nan))
+    if layout.scale is not None:
+        low, high = layout.scale
+        with np.errstate(invalid="ignore"):
+            bad |= (rating.to_numpy(dtype=np.float64, na_value=np.nan) < low) | (
+                rating.to_numpy(dtype=np.float64, na_value=np.nan) > high
+            )
+    integer_columns = (["timestamp"] if layout.n_fields == 4 else []) + (["user", "item"] if layout.fmt.integer_ids else [])
+    for col in integer_columns:
+        if not pd.api.types.is_integer_dtype(frame[col]):
+            bad |= _not_integer(frame[col])
+    _raise_at_first(layout, bad)
+    frame = frame.assign(rating=rating)
+    if layout.fmt.integer_ids:
+        frame = frame.astype({"user": np.int64, "item": np.int64})
+    return frame
+
+
+def _deduplicated(frame: pd.DataFrame, layout: _Layout, policy: DuplicatePolicy) -> pd.DataFrame:
+    dup = frame.duplicated(subset=["user", "item"], keep="last" if policy == "keep-last" else "first")
+    if not dup.any():
+        return frame
+    if policy == "keep-last":
+        log.warning("%s: %d duplicate (user, item) ratings dropped, keeping the last of each", layout.path, int(dup.sum()))
+        return frame.loc[~dup.to_numpy()].reset_index(drop=True)
+    row = int(np.flatnonzero(dup.to_numpy())[0])
+    user, item = frame.at[row, "user"], frame.at[row, "item"]
+    same = (frame["user"] == user).to_numpy() & (frame["item"] == item).to_numpy()
+    first = int(np.flatnonzero(same)[0])
+    raise DataFormatError(
+        layout.path,
+        layout.line_of(row),
+        f"duplicate rating of item {item} by user {user} (first at line {layout.line_of(first)}); "
+        "pass duplicates='keep-last' (--duplicates keep-last) to keep the last one",
+    )
+
+
+def _raise_at_first(layout: _Layout, bad: np.ndarray) -> None:
+    if not bad.any():
+        return
+    line_no = layout.line_of(int(np.flatnonzero(bad)[0]))
+    text = _nth_line(layout.path, layout.fmt.encoding, line_no) or ""
+    raise DataFormatError(layout.path, line_no, line_problem(text, layout.sep, layout.n_fields, layout.scale, layout.fmt.integer_ids) or "malformed line")
+
+
+def _raise_first_bad_line(layout: _Layout, fallback: str) -> None:
+    """Slow path, only for files the C parser rejected: scan line by line for the first bad one."""
+    start = 2 if layout.header else 1
+    for line_no, text in enumerate(_lines(layout.path, layout.fmt.encoding, skip=start - 1), start=start):
+        problem = line_problem(text, layout.sep, layout.n_fields, layout.scale, layout.fmt.integer_ids)
+        if problem:
+            raise DataFormatError(layout.path, line_no, problem)
+    raise DataFormatError(layout.path, None, f"cannot parse: {fallback}")
+
+
+def _lines(path: Path, encoding: str, skip: int) -> Iterator[str]:
+    with path.open(encoding=encoding, errors="strict", newline="") as handle:
+        try:
+            yield from itertools.islice(handle, skip, None)
+        except UnicodeDecodeError as exc:
+            raise DataFormatError(path, None, f"not {encoding} text: {exc.reason}") from exc
+
+
+def line_problem(
+    text: str, sep: str, n_fields: int, scale: tuple[float, float] | None, integer_ids: bool
+) -> str | None:
+    """What is wrong with one line of a ratings file, or None if it is a valid rating."""
+    fields = text.rstrip("\r\n").split(sep)
+    if not text.strip():
+        return "empty line"
+    if len(fields) != n_fields:
+        return f"expected {n_fields} fields separated by {sep!r}, got {len(fields)}: {text.strip()!r}"
+    user, item, rating = fields[0].strip(), fields[1].strip(), fields[2].strip()
+    for name, value in (("user", user), ("item", item)):
+        if not value:
+            return f"empty {name} id"
+        if integer_ids and not _is_int(value):
+            return f"{name} id {value!r} is not an integer"
+    try:
+        number = float(rating)
+    except ValueError:
+        return f"rating {rating!r} is not a number"
+    if not math.isfinite(number):
+        return f"rating {rating!r} is not a finite number"
+    if scale is not None and not scale[0] <= number <= scale[1]:
+        return f"rating {rating} is outside the scale {_format_rating(scale[0])}..{_format_rating(scale[1])}"
+    if n_fields == 4 and not _is_int(fields[3].strip()):
+        return f"timestamp {fields[3].strip()!r} is not an integer"
+    return None
+
+
+def _not_integer(column: pd.Series) -> np.ndarray:
+    numeric = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        return np.isnan(numeric) | (numeric % 1 != 0)
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _ids(column: pd.Series) -> np.ndarray:
+    if pd.api.types.is_integer_dtype(column):
+        return column.to_numpy(dtype=np.int64)
+    return column.astype(str).to_numpy(dtype=object)

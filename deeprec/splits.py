@@ -1,0 +1,174 @@
+"""Train/validation/test splits as seeded, deterministic index arrays into a Ratings object.
+
+Protocols:
+- `holdout` (the report's): 10% of the ratings as test, stratified by user, then 10% of the rest
+  as validation, stratified by user, both with `random_state=999613182` (scikit-learn's
+  `train_test_split`).
+- `u1`..`u5` (ML-100K's canonical folds, as GroupLens's mku.sh makes them from `u.data`):
+  u$i.test = lines (i-1)*20000+1 .. i*20000 in file order, u$i.base = the rest; validation is
+  then 10% of the base, stratified by user, as in `holdout`.
+- `kfold_splits`: K folds stratified by user (scikit-learn's `StratifiedKFold`), used for CV.
+
+Users too small to stratify: a stratified split needs every user to have enough ratings for
+its share of the held-out side. A user with fewer than ceil(1/fraction) ratings in the pool
+being split (fewer than K for K folds) would get less than one held-out rating, so their ratings
+all stay on the training side of that split. The count is recorded in `Split.notes`; on ML-1M
+(every user has at least 20 ratings) no user is affected and the split is exactly scikit-learn's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from deeprec.errors import DeeprecError
+from deeprec.idmap import MISSING, IdMap
+
+REPORT_SEED = 999613182
+HOLDOUT_TEST_FRACTION = 0.1
+HOLDOUT_VALID_FRACTION = 0.1
+CANONICAL_FOLD_SIZE = 20_000
+CANONICAL_SPLITS = ("u1", "u2", "u3", "u4", "u5")
+SPLIT_NAMES = ("holdout",) + CANONICAL_SPLITS
+
+
+@dataclass(frozen=True)
+class Split:
+    """Disjoint, sorted index arrays covering every rating exactly once."""
+
+    name: str
+    seed: int
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+    notes: tuple[str, ...] = ()
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)}
+
+
+def _check_fraction(fraction: float, what: str) -> None:
+    if not 0.0 < fraction < 1.0:
+        raise DeeprecError(f"{what} must be between 0 and 1 (exclusive), got {fraction}")
+
+
+def stratified_holdout(
+    pool: np.ndarray, users: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Split the rating indices `pool` into (kept, held_out), stratified by user.
+
+    `users` is the user of every rating (indexed by rating index, not by pool position).
+    Returns the sorted kept and held-out indices and how many users were too small to stratify.
+    """
+    _check_fraction(fraction, "the held-out fraction")
+    pool = np.asarray(pool, dtype=np.int64)
+    pool_users = users[pool]
+    _, inverse, counts = np.unique(pool_users, return_inverse=True, return_counts=True)
+    minimum = max(2, math.ceil(1.0 / fraction))
+    eligible = counts[inverse] >= minimum
+    n_small = int((counts < minimum).sum())
+    if not eligible.any():
+        raise DeeprecError(
+            f"no user has the {minimum} ratings needed to hold out a {fraction:.0%} share stratified by user"
+        )
+    kept, held_out = train_test_split(
+        pool[eligible], test_size=fraction, stratify=pool_users[eligible], random_state=seed, shuffle=True
+    )
+    kept = np.concatenate([kept, pool[~eligible]])
+    return np.sort(kept), np.sort(np.asarray(held_out, dtype=np.int64)), n_small
+
+
+def holdout_split(
+    users: np.ndarray,
+    test_fraction: float = HOLDOUT_TEST_FRACTION,
+    valid_fraction: float = HOLDOUT_VALID_FRACTION,
+    seed: int = REPORT_SEED,
+) -> Split:
+    """The report's protocol: test, then validation from the rest, both stratified by user."""
+    everything = np.arange(len(users), dtype=np.int64)
+    rest, test, small_test = stratified_holdout(everything, users, test_fraction, seed)
+    train, valid, small_valid = stratified_holdout(rest, users, valid_fraction, seed)
+    return Split("holdout", seed, train, valid, test, _small_user_notes(small_test, small_valid))
+
+
+def canonical_split(users: np.ndarray, name: str, seed: int = REPORT_SEED, valid_fraction: float = HOLDOUT_VALID_FRACTION) -> Split:
+    """ML-100K's u1..u5: test = the name's 20,000-line block of u.data in file order."""
+    if name not in CANONICAL_SPLITS:
+        raise DeeprecError(f"unknown canonical split {name!r}; choose one of {', '.join(CANONICAL_SPLITS)}")
+    n = len(users)
+    if n != 5 * CANONICAL_FOLD_SIZE:
+        raise DeeprecError(
+            f"split {name} is ML-100K's canonical fold and needs exactly {5 * CANONICAL_FOLD_SIZE:,} ratings "
+            f"in u.data's file order; this dataset has {n:,}"
+        )
+    fold = int(name[1:])
+    test = np.arange((fold - 1) * CANONICAL_FOLD_SIZE, fold * CANONICAL_FOLD_SIZE, dtype=np.int64)
+    base = np.setdiff1d(np.arange(n, dtype=np.int64), test)
+    train, valid, small = stratified_holdout(base, users, valid_fraction, seed)
+    return Split(name, seed, train, valid, test, _small_user_notes(0, small))
+
+
+def make_split(name: str, users: np.ndarray, seed: int = REPORT_SEED) -> Split:
+    """A split by name (see SPLIT_NAMES)."""
+    if name == "holdout":
+        return holdout_split(users, seed=seed)
+    if name in CANONICAL_SPLITS:
+        return canonical_split(users, name, seed=seed)
+    raise DeeprecError(f"unknown split {name!r}; choose one of: {', '.join(SPLIT_NAMES)}")
+
+
+def kfold_splits(users: np.ndarray, k: int, seed: int, pool: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K (train, valid) index pairs over `pool` (default: every rating), stratified by user.
+
+    Each pooled rating is in exactly one validation fold, except the ratings of users with fewer
+    than K ratings in the pool: those stay in training in every fold.
+    """
+    if k < 2:
+        raise DeeprecError(f"k-fold needs at least 2 folds, got {k}")
+    pool = np.arange(len(users), dtype=np.int64) if pool is None else np.asarray(pool, dtype=np.int64)
+    pool_users = users[pool]
+    _, inverse, counts = np.unique(pool_users, return_inverse=True, return_counts=True)
+    eligible = counts[inverse] >= k
+    if eligible.sum() < k:
+        raise DeeprecError(f"too few ratings for {k} folds: {int(eligible.sum())} belong to users with at least {k} ratings")
+    always_train = pool[~eligible]
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    candidates = pool[eligible]
+    result = []
+    for train_pos, valid_pos in folds.split(candidates, pool_users[eligible]):
+        train = np.sort(np.concatenate([candidates[train_pos], always_train]))
+        result.append((train, np.sort(candidates[valid_pos])))
+    return result
+
+
+def _small_user_notes(small_test: int, small_valid: int) -> tuple[str, ...]:
+    notes = []
+    if small_test:
+        notes.append(f"{small_test} user(s) too small to stratify kept whole out of the test split")
+    if small_valid:
+        notes.append(f"{small_valid} user(s) too small to stratify kept whole out of the validation split")
+    return tuple(notes)
+
+
+def describe_split(users: np.ndarray, items: np.ndarray, split: Split) -> dict:
+    """Sizes of a split and how many held-out ratings have a user or item unseen in training."""
+    user_map, item_map = IdMap.fit(users[split.train]), IdMap.fit(items[split.train])
+
+    def unseen(rows: np.ndarray) -> int:
+        u = user_map.transform(users[rows], unknown="missing")
+        i = item_map.transform(items[rows], unknown="missing")
+        return int(((u == MISSING) | (i == MISSING)).sum())
+
+    return {
+        "name": split.name,
+        "seed": split.seed,
+        **split.sizes(),
+        "train_users": len(user_map),
+        "train_items": len(item_map),
+        "valid_unseen_in_train": unseen(split.valid),
+        "test_unseen_in_train": unseen(split.test),
+        "notes": list(split.notes),
+    }
