@@ -86,6 +86,7 @@ class Ratings:
 
 
 def _format_rating(value: float) -> str:
+    value = float(value)
     return str(int(value)) if value.is_integer() else repr(value)
 
 
@@ -180,9 +181,11 @@ def sniff_separator(path: Path, first_line: str) -> str:
 def _looks_like_header(first_line: str, sep: str) -> bool:
     """A first line whose rating field is not a number is a header (`userId,movieId,rating,...`)."""
     fields = first_line.rstrip("\r\n").split(sep)
+    if len(fields) not in (3, 4):
+        return False  # not a header either: the field count check reports line 1
     try:
         float(fields[2])
-    except (IndexError, ValueError):
+    except ValueError:
         return True
     return False
 

@@ -9,11 +9,12 @@ Protocols:
   then 10% of the base, stratified by user, as in `holdout`.
 - `kfold_splits`: K folds stratified by user (scikit-learn's `StratifiedKFold`), used for CV.
 
-Users too small to stratify: a stratified split needs every user to have enough ratings for
-its share of the held-out side. A user with fewer than ceil(1/fraction) ratings in the pool
-being split (fewer than K for K folds) would get less than one held-out rating, so their ratings
-all stay on the training side of that split. The count is recorded in `Split.notes`; on ML-1M
-(every user has at least 20 ratings) no user is affected and the split is exactly scikit-learn's.
+Users too small to stratify (never a crash): stratifying by user needs each user to get at
+least one held-out rating, i.e. ceil(1/fraction) ratings in the pool being split (K for K folds).
+Smaller users with 2 or more ratings are stratified together as one pooled group; a user's only
+rating always stays in training (holding it out would make the user unknown to the model). Both
+counts are recorded in `Split.notes`. On ML-1M (every user has at least 20 ratings) no user is
+affected and the split is exactly scikit-learn's.
 """
 
 from __future__ import annotations
@@ -55,30 +56,44 @@ def _check_fraction(fraction: float, what: str) -> None:
         raise DeeprecError(f"{what} must be between 0 and 1 (exclusive), got {fraction}")
 
 
-def stratified_holdout(
-    pool: np.ndarray, users: np.ndarray, fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray, int]:
+def _strata(pool_users: np.ndarray, minimum: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Stratum label of every pooled rating, and which ratings can be held out at all.
+
+    Users with at least `minimum` ratings are their own stratum. Users with 2..minimum-1 are
+    pooled into one shared stratum (-1): alone they would get less than one held-out rating.
+    A user's only rating is never held out (it would make the user unknown to training).
+    Returns (labels, splittable mask, pooled user count, single-rating user count).
+    """
+    _, inverse, counts = np.unique(pool_users, return_inverse=True, return_counts=True)
+    per_rating = counts[inverse]
+    labels = np.where(per_rating >= minimum, inverse, -1)
+    splittable = per_rating >= 2
+    if (labels[splittable] == -1).sum() < 2:  # a pooled stratum of one rating cannot be split
+        splittable &= labels != -1
+    return labels, splittable, int(((counts >= 2) & (counts < minimum)).sum()), int((counts == 1).sum())
+
+
+def stratified_holdout(pool: np.ndarray, users: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """Split the rating indices `pool` into (kept, held_out), stratified by user.
 
-    `users` is the user of every rating (indexed by rating index, not by pool position).
-    Returns the sorted kept and held-out indices and how many users were too small to stratify.
+    `users` is the user of every rating (indexed by rating index, not by pool position). The two
+    arrays come back in scikit-learn's order (so the report's two-stage protocol chains exactly);
+    the notes say how users too small to stratify were handled.
     """
     _check_fraction(fraction, "the held-out fraction")
     pool = np.asarray(pool, dtype=np.int64)
-    pool_users = users[pool]
-    _, inverse, counts = np.unique(pool_users, return_inverse=True, return_counts=True)
-    minimum = max(2, math.ceil(1.0 / fraction))
-    eligible = counts[inverse] >= minimum
-    n_small = int((counts < minimum).sum())
-    if not eligible.any():
-        raise DeeprecError(
-            f"no user has the {minimum} ratings needed to hold out a {fraction:.0%} share stratified by user"
-        )
+    labels, splittable, n_pooled, n_single = _strata(users[pool], max(2, math.ceil(1.0 / fraction)))
+    if splittable.sum() < 2:
+        raise DeeprecError(f"too few ratings to hold out a {fraction:.0%} share: no user has 2 or more")
     kept, held_out = train_test_split(
-        pool[eligible], test_size=fraction, stratify=pool_users[eligible], random_state=seed, shuffle=True
+        pool[splittable], test_size=fraction, stratify=labels[splittable], random_state=seed, shuffle=True
     )
-    kept = np.concatenate([kept, pool[~eligible]])
-    return np.sort(kept), np.sort(np.asarray(held_out, dtype=np.int64)), n_small
+    notes = []
+    if n_pooled:
+        notes.append(f"{n_pooled} user(s) with fewer than {math.ceil(1.0 / fraction)} ratings stratified together as one group")
+    if n_single:
+        notes.append(f"{n_single} user(s) with a single rating kept in training")
+    return np.concatenate([kept, pool[~splittable]]), np.asarray(held_out, dtype=np.int64), tuple(notes)
 
 
 def holdout_split(
@@ -89,9 +104,9 @@ def holdout_split(
 ) -> Split:
     """The report's protocol: test, then validation from the rest, both stratified by user."""
     everything = np.arange(len(users), dtype=np.int64)
-    rest, test, small_test = stratified_holdout(everything, users, test_fraction, seed)
-    train, valid, small_valid = stratified_holdout(rest, users, valid_fraction, seed)
-    return Split("holdout", seed, train, valid, test, _small_user_notes(small_test, small_valid))
+    rest, test, test_notes = stratified_holdout(everything, users, test_fraction, seed)
+    train, valid, valid_notes = stratified_holdout(rest, users, valid_fraction, seed)
+    return Split("holdout", seed, np.sort(train), np.sort(valid), np.sort(test), _notes(test=test_notes, validation=valid_notes))
 
 
 def canonical_split(users: np.ndarray, name: str, seed: int = REPORT_SEED, valid_fraction: float = HOLDOUT_VALID_FRACTION) -> Split:
@@ -107,8 +122,8 @@ def canonical_split(users: np.ndarray, name: str, seed: int = REPORT_SEED, valid
     fold = int(name[1:])
     test = np.arange((fold - 1) * CANONICAL_FOLD_SIZE, fold * CANONICAL_FOLD_SIZE, dtype=np.int64)
     base = np.setdiff1d(np.arange(n, dtype=np.int64), test)
-    train, valid, small = stratified_holdout(base, users, valid_fraction, seed)
-    return Split(name, seed, train, valid, test, _small_user_notes(0, small))
+    train, valid, notes = stratified_holdout(base, users, valid_fraction, seed)
+    return Split(name, seed, np.sort(train), np.sort(valid), test, _notes(validation=notes))
 
 
 def make_split(name: str, users: np.ndarray, seed: int = REPORT_SEED) -> Split:
@@ -129,28 +144,23 @@ def kfold_splits(users: np.ndarray, k: int, seed: int, pool: np.ndarray | None =
     if k < 2:
         raise DeeprecError(f"k-fold needs at least 2 folds, got {k}")
     pool = np.arange(len(users), dtype=np.int64) if pool is None else np.asarray(pool, dtype=np.int64)
-    pool_users = users[pool]
-    _, inverse, counts = np.unique(pool_users, return_inverse=True, return_counts=True)
-    eligible = counts[inverse] >= k
-    if eligible.sum() < k:
-        raise DeeprecError(f"too few ratings for {k} folds: {int(eligible.sum())} belong to users with at least {k} ratings")
-    always_train = pool[~eligible]
+    labels, splittable, _, _ = _strata(users[pool], k)
+    if (labels[splittable] == -1).sum() < k:  # the pooled group too must reach every fold
+        splittable &= labels != -1
+    if splittable.sum() < k:
+        raise DeeprecError(f"too few ratings for {k} folds: {int(splittable.sum())} can be validated")
+    always_train = pool[~splittable]
+    candidates = pool[splittable]
     folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    candidates = pool[eligible]
     result = []
-    for train_pos, valid_pos in folds.split(candidates, pool_users[eligible]):
+    for train_pos, valid_pos in folds.split(candidates, labels[splittable]):
         train = np.sort(np.concatenate([candidates[train_pos], always_train]))
         result.append((train, np.sort(candidates[valid_pos])))
     return result
 
 
-def _small_user_notes(small_test: int, small_valid: int) -> tuple[str, ...]:
-    notes = []
-    if small_test:
-        notes.append(f"{small_test} user(s) too small to stratify kept whole out of the test split")
-    if small_valid:
-        notes.append(f"{small_valid} user(s) too small to stratify kept whole out of the validation split")
-    return tuple(notes)
+def _notes(**by_part: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"{part}: {note}" for part, notes in by_part.items() for note in notes)
 
 
 def describe_split(users: np.ndarray, items: np.ndarray, split: Split) -> dict:

@@ -1,0 +1,132 @@
+"""Splits: seeded, deterministic, disjoint, covering, stratified by user, equal to scikit-learn's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.model_selection import train_test_split
+
+from conftest import synthetic_ratings
+from deeprec.errors import DeeprecError
+from deeprec.splits import REPORT_SEED, canonical_split, describe_split, holdout_split, kfold_splits, make_split
+
+
+@pytest.fixture
+def users() -> np.ndarray:
+    return synthetic_ratings(n_users=60, n_items=80, per_user=(20, 60), seed=3)[:, 0]
+
+
+def test_holdout_is_deterministic_and_seeded(users: np.ndarray) -> None:
+    a, b = holdout_split(users), holdout_split(users)
+    for part in ("train", "valid", "test"):
+        np.testing.assert_array_equal(getattr(a, part), getattr(b, part))
+    other = holdout_split(users, seed=1)
+    assert not np.array_equal(a.test, other.test)
+
+
+def test_holdout_parts_are_disjoint_and_cover_everything(users: np.ndarray) -> None:
+    split = holdout_split(users)
+    everything = np.concatenate([split.train, split.valid, split.test])
+    assert len(everything) == len(users)
+    np.testing.assert_array_equal(np.sort(everything), np.arange(len(users)))
+
+
+def test_holdout_equals_scikit_learn_for_the_same_arguments(users: np.ndarray) -> None:
+    index = np.arange(len(users))
+    rest, test = train_test_split(index, test_size=0.1, stratify=users, random_state=REPORT_SEED)
+    train, valid = train_test_split(rest, test_size=0.1, stratify=users[rest], random_state=REPORT_SEED)
+    split = holdout_split(users)
+    np.testing.assert_array_equal(split.test, np.sort(test))
+    np.testing.assert_array_equal(split.valid, np.sort(valid))
+    np.testing.assert_array_equal(split.train, np.sort(train))
+    assert split.notes == ()
+
+
+def test_holdout_is_stratified_by_user(users: np.ndarray) -> None:
+    split = holdout_split(users)
+    per_user = np.bincount(users)
+    in_test = np.bincount(users[split.test], minlength=len(per_user))
+    rated = per_user > 0
+    # Stratification gives every user 10% of their ratings in test, up to rounding.
+    assert np.all(np.abs(in_test[rated] - 0.1 * per_user[rated]) <= 1.0)
+    assert np.all(in_test[rated] >= 1)
+
+
+def test_users_too_small_to_stratify_are_pooled_or_kept_in_train() -> None:
+    big = np.repeat(np.arange(20), 30)
+    small = np.repeat(np.arange(100, 130), 4)  # 30 users with 4 < ceil(1/0.1) = 10 ratings each
+    single = np.array([200, 201])  # one rating each
+    users = np.concatenate([big, small, single])
+    split = holdout_split(users)
+    assert np.isin([len(users) - 2, len(users) - 1], split.train).all()  # single ratings stay in train
+    small_rows = np.arange(len(big), len(big) + len(small))
+    assert 0 < np.isin(small_rows, split.test).sum() < len(small_rows)  # the pooled group is split too
+    assert any("30 user(s) with fewer than 10 ratings stratified together" in n for n in split.notes)
+    assert any("2 user(s) with a single rating kept in training" in n for n in split.notes)
+    assert len(split.train) + len(split.valid) + len(split.test) == len(users)
+    in_test = np.bincount(users[split.test], minlength=20)[:20]
+    assert np.all(in_test == 3)  # big users still exactly stratified: 10% of 30
+
+
+def test_only_single_rating_users_is_a_clear_error() -> None:
+    with pytest.raises(DeeprecError, match="too few ratings to hold out"):
+        holdout_split(np.array([1, 2, 3, 4]))
+
+
+def test_kfold_folds_partition_the_pool(users: np.ndarray) -> None:
+    pool = holdout_split(users)
+    non_test = np.concatenate([pool.train, pool.valid])
+    folds = kfold_splits(users, k=5, seed=7, pool=non_test)
+    assert len(folds) == 5
+    valids = np.concatenate([valid for _, valid in folds])
+    np.testing.assert_array_equal(np.sort(valids), np.sort(non_test))  # each rating validated once
+    for train, valid in folds:
+        assert not np.intersect1d(train, valid).size
+        assert not np.intersect1d(train, pool.test).size  # the test split is never touched
+        np.testing.assert_array_equal(np.sort(np.concatenate([train, valid])), np.sort(non_test))
+    again = kfold_splits(users, k=5, seed=7, pool=non_test)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again))
+
+
+def test_kfold_is_stratified_and_keeps_small_users_in_train() -> None:
+    users = np.concatenate([np.repeat(np.arange(10), 25), [50, 50]])  # user 50 has 2 < 5 ratings
+    folds = kfold_splits(users, k=5, seed=0)
+    for train, valid in folds:
+        assert np.all(np.bincount(users[valid], minlength=10)[:10] == 5)
+        assert {len(users) - 2, len(users) - 1} <= set(train.tolist())
+
+
+def test_kfold_rejects_fewer_than_two_folds(users: np.ndarray) -> None:
+    with pytest.raises(DeeprecError, match="at least 2 folds"):
+        kfold_splits(users, k=1, seed=0)
+
+
+def test_canonical_u1_regenerates_mku_sh() -> None:
+    rows = synthetic_ratings(n_users=1000, n_items=400, per_user=(100, 101), seed=5)
+    users = rows[:, 0]
+    assert len(users) == 100_000
+    for fold in range(1, 6):
+        split = canonical_split(users, f"u{fold}")
+        # mku.sh: u$i.test = lines (i-1)*20000+1 .. i*20000 of u.data, u$i.base = the rest.
+        np.testing.assert_array_equal(split.test, np.arange((fold - 1) * 20000, fold * 20000))
+        base = np.sort(np.concatenate([split.train, split.valid]))
+        np.testing.assert_array_equal(base, np.setdiff1d(np.arange(100_000), split.test))
+        assert abs(len(split.valid) - 8000) <= 1
+
+
+def test_canonical_split_needs_ml100k_size(users: np.ndarray) -> None:
+    with pytest.raises(DeeprecError, match="exactly 100,000 ratings"):
+        make_split("u1", users)
+    with pytest.raises(DeeprecError, match="unknown split"):
+        make_split("u9", users)
+
+
+def test_describe_split_counts_unseen_items() -> None:
+    users = np.repeat(np.arange(20), 10)
+    items = np.tile(np.arange(10), 20)
+    items[5] = 99  # an item rated once
+    split = holdout_split(users)
+    info = describe_split(users, items, split)
+    held_out = np.concatenate([split.valid, split.test])
+    assert info["test_unseen_in_train"] + info["valid_unseen_in_train"] == int(5 in held_out)
+    assert info["train"] + info["valid"] + info["test"] == 200
