@@ -30,6 +30,17 @@ def _scale(text: str) -> tuple[float, float]:
     return low, high
 
 
+def _whole_number(text: str) -> int:
+    """An integer; MLflow may pass float-typed parameters as "5.0"."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(value)
+
+
 def _header(text: str) -> bool | None:
     return {"auto": None, "yes": True, "no": False}[text]
 
@@ -55,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = data_commands.add_parser("info", help="ratings, users, items, density, histogram and split sizes")
     _add_dataset_args(info)
     info.add_argument("--split", default=None, help=f"also split the data: one of {', '.join(SPLIT_NAMES)}")
-    info.add_argument("--seed", type=int, default=REPORT_SEED, help=f"split seed (default {REPORT_SEED}, the report's)")
+    info.add_argument("--seed", type=_whole_number, default=REPORT_SEED, help=f"split seed (default {REPORT_SEED}, the report's)")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     verify = data_commands.add_parser("verify", help="re-check the archive checksum and validate every file")
     _add_dataset_args(verify)

@@ -23,6 +23,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,13 +172,13 @@ def download(spec: DatasetSpec, progress: Progress | None = None, root: Path | N
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DeeprecError(f"cannot create the data directory {root}: {exc.strerror}") from exc
-    expected_md5 = spec.md5 or _published_md5(spec)
+    expected_md5 = spec.md5 or _published_md5(spec, root)
     archive = root / spec.archive_name
     fd, partial = tempfile.mkstemp(prefix=f".{spec.archive_name}.", suffix=".part", dir=root)
     os.close(fd)
     staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", suffix=".extract", dir=root))
     try:
-        md5 = _fetch(spec, Path(partial), progress)
+        md5 = _fetch(spec, Path(partial), progress, root)
         if md5 != expected_md5:
             raise DownloadError(f"{spec.url}: checksum mismatch (MD5 {md5}, published {expected_md5}); nothing was cached")
         _extract(spec, Path(partial), staging)
@@ -196,24 +197,23 @@ def download(spec: DatasetSpec, progress: Progress | None = None, root: Path | N
     return target
 
 
-def _offline_hint(spec: DatasetSpec, reason: object) -> DownloadError:
-    root = data_root()
+def _offline_hint(spec: DatasetSpec, url: str, root: Path, reason: object) -> DownloadError:
     return DownloadError(
-        f"cannot download {spec.url} ({reason}); fetch it by hand and unzip it so that "
+        f"cannot download {url} ({reason}); fetch it by hand and unzip it so that "
         f"{root / spec.name / spec.ratings_file} exists (or set DEEPREC_DATA_DIR to a folder holding {spec.name}/)"
     )
 
 
-def _open(spec: DatasetSpec, url: str):
+def _open(spec: DatasetSpec, url: str, root: Path):
     try:
         return urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S)  # noqa: S310 (https/http URLs from the registry)
-    except (urllib.error.URLError, OSError) as exc:
-        raise _offline_hint(spec, getattr(exc, "reason", exc)) from exc
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        raise _offline_hint(spec, url, root, getattr(exc, "reason", exc)) from exc
 
 
-def _published_md5(spec: DatasetSpec) -> str:
+def _published_md5(spec: DatasetSpec, root: Path) -> str:
     """Read GroupLens's sidecar (`MD5 (ml-latest-small.zip) = <hex>`)."""
-    with _open(spec, spec.md5_url) as response:
+    with _open(spec, spec.md5_url, root) as response:
         text = response.read(4096).decode("ascii", errors="replace")
     match = re.search(r"\b([0-9a-fA-F]{32})\b", text)
     if match is None:
@@ -221,11 +221,11 @@ def _published_md5(spec: DatasetSpec) -> str:
     return match.group(1).lower()
 
 
-def _fetch(spec: DatasetSpec, destination: Path, progress: Progress | None) -> str:
+def _fetch(spec: DatasetSpec, destination: Path, progress: Progress | None, root: Path) -> str:
     """Stream the archive to `destination`; return its MD5. A short read is an error."""
     digest = hashlib.md5()  # noqa: S324 (GroupLens publishes MD5; integrity, not security)
     received = 0
-    with _open(spec, spec.url) as response, destination.open("wb") as out:
+    with _open(spec, spec.url, root) as response, destination.open("wb") as out:
         total = int(response.headers["Content-Length"]) if response.headers.get("Content-Length") else None
         try:
             while chunk := response.read(CHUNK_BYTES):
@@ -252,7 +252,7 @@ def _extract(spec: DatasetSpec, archive: Path, staging: Path) -> None:
                 if member.startswith("/") or ".." in Path(member).parts:
                     raise DownloadError(f"{spec.url}: unsafe path {member!r} in the archive; nothing was cached")
             zf.extractall(staging)
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # bad directory, damaged deflate stream
         raise DownloadError(f"{spec.url}: not a valid zip archive ({exc}); nothing was cached") from exc
 
 

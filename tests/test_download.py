@@ -198,10 +198,6 @@ def test_corrupt_stored_member_is_reported_and_nothing_cached(site: Site, root: 
     assert_nothing_cached(root)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=zlib.error,
-    reason="datasets._extract catches only BadZipFile: a damaged deflate stream raises zlib.error",
-)
 def test_corrupt_deflate_stream_is_a_download_error(site: Site, root: Path) -> None:
     text = "".join(f"{i * 7919 % 6040}::{i * 104729 % 3952}::{1 + i % 5}::{978300000 + i * 31}\n" for i in range(400))
     intact = make_zip({"ml-1m/ratings.dat": text})
@@ -254,10 +250,6 @@ def test_offline_message_names_url_and_where_to_put_the_files(root: Path) -> Non
     assert_nothing_cached(root)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="datasets._offline_hint builds the path from data_root(), not from the root passed to download()",
-)
 def test_offline_message_uses_the_root_passed_in(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, root: Path) -> None:
     monkeypatch.setenv("DEEPREC_DATA_DIR", str(tmp_path / "elsewhere"))
     spec = dataclasses.replace(datasets.DATASETS["ml-1m"], url=f"http://127.0.0.1:{free_port()}/ml-1m.zip")
