@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from deeprec import __version__, datasets
+from deeprec.config import FIELD_DOCS, TrainConfig
 from deeprec.errors import DeeprecError
 from deeprec.ratings import DUPLICATE_POLICIES
 from deeprec.splits import CANONICAL_SPLITS, REPORT_SEED, SPLIT_NAMES, describe_split, make_split
@@ -70,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print one JSON object")
     verify = data_commands.add_parser("verify", help="re-check the archive checksum and validate every file")
     _add_dataset_args(verify)
+
+    train = commands.add_parser("train", help="train and evaluate one model, logged as an MLflow run")
+    defaults = TrainConfig().to_params()
+    for name, doc in FIELD_DOCS.items():
+        # Every option takes a value (`--tied true`), exactly like `mlflow run . -P tied=true`.
+        train.add_argument(f"--{name}", default=defaults[name], metavar=name.upper(), help=f"{doc} (default: {defaults[name] or 'empty'})")
+    train.add_argument("--run-name", default=None, help="MLflow run name")
+    train.add_argument("--json", action="store_true", help="print one JSON object with the run id and test metrics last")
     return parser
 
 
@@ -175,10 +184,32 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
     return 0 if ok else EXIT_FAILED
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    # Validate every parameter before anything heavy is imported or loaded.
+    cfg = TrainConfig.from_params({name: getattr(args, name) for name in FIELD_DOCS})
+    spec = datasets.get_spec(cfg.dataset)
+    if cfg.split in CANONICAL_SPLITS and spec.url is not None and spec.name != "ml-100k":
+        raise DeeprecError(f"split: {cfg.split} is ML-100K's canonical fold; use dataset=ml-100k")
+    from deeprec import tracking  # heavy (TensorFlow, MLflow): imported only once the config is valid
+
+    log.info("%s", tracking.tracking_summary())
+    result = tracking.train_tracked(cfg, run_name=args.run_name)
+    summary = {"run_id": result.run_id, **{k: v for k, v in result.metrics.items()}}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"run {result.run_id}")
+        for key in ("test_rmse", "test_mae", "test_rmse_user_avg", "baseline_user_item_bias_rmse", "precision_at_10", "recall_at_10", "ndcg_at_10", "best_valid_rmse", "best_epoch", "seconds_per_epoch"):
+            if key in result.metrics:
+                print(f"  {key:<30} {result.metrics[key]:.4f}")
+    return 0
+
+
 COMMANDS = {
     ("data", "download"): cmd_data_download,
     ("data", "info"): cmd_data_info,
     ("data", "verify"): cmd_data_verify,
+    ("train", None): cmd_train,
 }
 
 
@@ -192,5 +223,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"deeprec: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("deeprec: interrupted", file=sys.stderr)
+        print("deeprec: interrupted (the MLflow run, if any, is marked KILLED)", file=sys.stderr)
         return EXIT_INTERRUPTED

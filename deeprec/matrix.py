@@ -121,6 +121,11 @@ class RatingMatrix:
     def nnz(self) -> int:
         return self.values.nnz
 
+    @property
+    def dense_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(inputs, targets, mask) densified once, or None when batches are densified on demand."""
+        return self._dense
+
     def observed(self) -> sp.csr_matrix:
         """The mask as CSR: 1 at every observed entry (the structure of `values`)."""
         return sp.csr_matrix((np.ones(self.values.nnz, dtype=np.float32), self.values.indices, self.values.indptr), shape=self.shape)

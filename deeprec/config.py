@@ -1,0 +1,222 @@
+"""The training configuration: one frozen dataclass whose field names are the MLproject `main`
+parameters, the `deeprec train` options and the MLflow params, all three.
+
+Every field is documented in FIELD_DOCS (type and meaning). `TrainConfig.validate()` checks
+every value without loading any data, so an impossible parameter fails in milliseconds with one
+line naming it. `to_params()` / `from_params()` round-trip through MLflow's string params;
+unknown keys are an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+from deeprec.errors import DeeprecError
+
+ACTIVATIONS = ("sigmoid", "identity", "relu", "elu", "selu", "lrelu", "tanh")
+NOISES = ("none", "gaussian", "dropout", "mask")
+SIDE_INFO = ("none", "user", "item")
+OPTIMIZERS = ("adam", "sgd", "momentum", "rmsprop")
+PRECISIONS = ("float32", "bfloat16")
+
+
+class ConfigError(DeeprecError):
+    """An impossible parameter value; the message starts with the parameter's name."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "autoencoder"
+    dataset: str = "ml-1m"
+    split: str = "holdout"
+    orientation: str = "item"
+    arch: str = "500"
+    activation: str = "sigmoid"
+    last_activation: str = "identity"
+    fill: str = "zero"
+    noise: str = "none"
+    noise_level: float = 0.0
+    dropout: float = 0.0
+    l2: float = 0.001
+    l2_decoder: float | None = None
+    tied: bool = False
+    refeed: int = 0
+    side_info: str = "none"
+    optimizer: str = "adam"
+    lr: float = 0.001
+    momentum: float = 0.9
+    batch_size: int = 256
+    epochs: int = 60
+    patience: int = 10
+    seed: int = 42
+    precision: str = "float32"
+
+    @property
+    def hidden_sizes(self) -> tuple[int, ...]:
+        return parse_arch(self.arch)
+
+    @property
+    def decoder_l2(self) -> float:
+        return self.l2 if self.l2_decoder is None else self.l2_decoder
+
+    def validate(self) -> TrainConfig:
+        """Check every field; raise ConfigError naming the first bad one. Returns self."""
+        from deeprec import datasets, matrix, models, splits  # lazy: keeps `import deeprec.config` light
+
+        _choice("model", self.model, tuple(models.MODELS))
+        if not self.dataset.startswith("csv:"):
+            _choice("dataset", self.dataset, tuple(datasets.DATASETS))
+        _choice("split", self.split, splits.SPLIT_NAMES)
+        _choice("orientation", self.orientation, matrix.ORIENTATIONS)
+        sizes = parse_arch(self.arch)
+        _choice("activation", self.activation, ACTIVATIONS)
+        _choice("last_activation", self.last_activation, ACTIVATIONS)
+        try:
+            matrix.check_fill(self.fill)
+        except DeeprecError as exc:
+            raise ConfigError(f"fill: {exc}") from None
+        _choice("noise", self.noise, NOISES)
+        if self.noise == "gaussian":
+            _positive("noise_level", self.noise_level, allow_zero=True)
+        elif self.noise in ("dropout", "mask"):
+            _fraction("noise_level", self.noise_level)
+        _fraction("dropout", self.dropout)
+        _positive("l2", self.l2, allow_zero=True)
+        if self.l2_decoder is not None:
+            _positive("l2_decoder", self.l2_decoder, allow_zero=True)
+        if self.tied and sizes != sizes[::-1]:
+            raise ConfigError(f"tied: a tied (constrained) decoder mirrors the encoder, so arch must read the same both ways, got {self.arch}")
+        if self.tied and self.side_info != "none":
+            raise ConfigError("tied: side information widens the input, so the decoder cannot be the encoder transposed; use tied=false")
+        _integer("refeed", self.refeed, minimum=0)
+        _choice("side_info", self.side_info, SIDE_INFO)
+        if self.side_info not in ("none", self.orientation):
+            raise ConfigError(
+                f"side_info: {self.side_info} features describe the rows of a {self.side_info}-major matrix; "
+                f"with orientation={self.orientation} use side_info=none or {self.orientation}"
+            )
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _positive("lr", self.lr)
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"momentum: must be in [0, 1), got {self.momentum}")
+        _integer("batch_size", self.batch_size, minimum=1)
+        _integer("epochs", self.epochs, minimum=1)
+        _integer("patience", self.patience, minimum=0)
+        _integer("seed", self.seed, minimum=0)
+        _choice("precision", self.precision, PRECISIONS)
+        return self
+
+    def to_params(self) -> dict[str, str]:
+        """Flat string params for MLflow (same names as MLproject); None is logged as ""."""
+        return {f.name: _format(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> TrainConfig:
+        """Build from strings or typed values (MLflow params, CLI, YAML); unknown keys are an error."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: unknown parameter; known: {', '.join(known)}")
+        values = {name: _parse(name, known[name].type, value) for name, value in params.items()}
+        return cls(**values).validate()
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes).validate()
+
+
+FIELD_DOCS: dict[str, str] = {
+    "model": "str — model builder from the registry (deeprec.models.MODELS); `autoencoder` covers AutoRec and Deep AutoRec",
+    "dataset": "str — ml-100k | ml-1m | ml-10m | ml-20m | ml-latest-small | csv:PATH",
+    "split": "str — holdout (the report's 10%/10% stratified protocol) | u1..u5 (ML-100K canonical folds)",
+    "orientation": "str — user (U-AutoRec: a row per user) | item (I-AutoRec: a row per item)",
+    "arch": "str — comma-separated hidden layer sizes; 500 is AutoRec, 256,512,256 a deep model whose middle layer is the code",
+    "activation": f"str — hidden-layer activation: {' | '.join(ACTIVATIONS)} (lrelu = leaky ReLU, slope 0.2)",
+    "last_activation": "str — output-layer activation, same choices (identity by default: ratings are unbounded before clipping)",
+    "fill": "str — input value of unobserved entries: zero | a number such as 3 | row-mean | col-mean | global-mean",
+    "noise": "str — input corruption while training: none | gaussian (std noise_level) | dropout (rate noise_level) | mask (drop that fraction of observed inputs, as in CDAE)",
+    "noise_level": "float — strength of `noise` (std for gaussian, a fraction in [0, 1) otherwise)",
+    "dropout": "float — dropout rate after the code (middle) layer, in [0, 1)",
+    "l2": "float — L2 weight penalty (λ·Σw²) on encoder layers",
+    "l2_decoder": "float or empty — L2 penalty on decoder layers; empty means the same as l2",
+    "tied": "bool — constrained decoder: decoder weights are the encoder weights transposed (NVIDIA); arch must be a palindrome",
+    "refeed": "int — dense re-feeding steps per batch (NVIDIA): the dense output is fed back as input and target",
+    "side_info": "str — none | user | item: one-hot side features concatenated to each input row (must match orientation)",
+    "optimizer": "str — adam | sgd | momentum (SGD with `momentum`) | rmsprop",
+    "lr": "float — learning rate (> 0)",
+    "momentum": "float — momentum for the momentum optimizer, in [0, 1)",
+    "batch_size": "int — rows per training batch",
+    "epochs": "int — maximum number of epochs",
+    "patience": "int — stop after this many epochs without a better validation RMSE (0: never stop early); the best weights are restored",
+    "seed": "int — seed of weight initialisation, shuffling and noise (the split has its own, the report's)",
+    "precision": "str — float32 | bfloat16 (mixed precision: bfloat16 compute, float32 weights)",
+}
+
+
+def parse_arch(text: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        sizes = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"arch: expected comma-separated positive integers such as 256,512,256, got {text!r}") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise ConfigError(f"arch: every hidden size must be a positive integer, got {text!r}")
+    return sizes
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}: unknown value {value!r}; choose one of {', '.join(choices)}")
+
+
+def _positive(name: str, value: float, allow_zero: bool = False) -> None:
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{name}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def _fraction(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name}: must be a fraction in [0, 1), got {value}")
+
+
+def _integer(name: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise ConfigError(f"{name}: must be an integer >= {minimum}, got {value}")
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _parse(name: str, annotation: str, value: Any) -> Any:
+    """Convert a string (or typed) value to the field's type, with a one-line error naming it."""
+    optional = "None" in str(annotation)
+    if optional and (value is None or value == ""):
+        return None
+    kind = str(annotation).split("|")[0].strip()
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("true", "1", "yes"):
+                return True
+            if text in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if kind == "int":
+            number = float(value)
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
+        if kind == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected {kind}, got {value!r}") from None

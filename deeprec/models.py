@@ -1,0 +1,101 @@
+"""Model registry: name -> builder(cfg, n_inputs, n_outputs) -> keras.Model.
+
+A new model is one builder plus one MODELS entry; the tests build and train every registered
+model for one epoch. Models map an input row (ratings with fill, then any side features) to
+predicted ratings for the row's n_outputs columns. Input noise lives in the training step
+(it needs the observed mask), not in the model, so an exported model is a plain Keras model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from deeprec.config import TrainConfig
+
+if TYPE_CHECKING:
+    import keras
+
+# Keras names for the config's activation names.
+KERAS_ACTIVATIONS = {
+    "sigmoid": "sigmoid",
+    "identity": "linear",
+    "relu": "relu",
+    "elu": "elu",
+    "selu": "selu",
+    "lrelu": "leaky_relu",
+    "tanh": "tanh",
+}
+
+
+def build_autoencoder(cfg: TrainConfig, n_inputs: int, n_outputs: int) -> keras.Model:
+    """AutoRec (one hidden layer) or Deep AutoRec (several): Dense layers, the middle one the code.
+
+    Encoder = layers up to and including the code layer (L2 `l2`); decoder = the layers after it
+    and the output layer (L2 `l2_decoder`). Dropout follows the code layer. With `tied`, each
+    decoder layer uses the mirrored encoder layer's kernel transposed.
+    """
+    # Keras is imported here, not at module level, so that validating a config (which checks
+    # the model name against MODELS) stays instant and prints nothing from TensorFlow.
+    import keras
+    from keras import layers
+
+    from deeprec.layers import DenseTransposed
+
+    sizes = cfg.hidden_sizes
+    code = len(sizes) // 2
+    activation = KERAS_ACTIVATIONS[cfg.activation]
+    inputs = keras.Input(shape=(n_inputs,), name="ratings")
+    x = inputs
+    encoder: list[layers.Dense] = []
+    for depth, units in enumerate(sizes[: code + 1]):
+        dense = layers.Dense(units, activation=activation, kernel_regularizer=_l2(cfg.l2), name=f"encoder_{depth}")
+        x = dense(x)
+        encoder.append(dense)
+    if cfg.dropout > 0:
+        x = layers.Dropout(cfg.dropout, seed=cfg.seed, name="code_dropout")(x)
+    decoder_sizes = list(sizes[code + 1 :]) + [n_outputs]
+    for depth, units in enumerate(decoder_sizes):
+        last = depth == len(decoder_sizes) - 1
+        act = KERAS_ACTIVATIONS[cfg.last_activation] if last else activation
+        name = "output" if last else f"decoder_{depth}"
+        if cfg.tied:
+            # Mirror: the first decoder layer ties to the last encoder layer below the code, etc.
+            x = DenseTransposed(encoder[code - depth], activation=act, name=name, dtype="float32" if last else None)(x)
+        else:
+            regularizer = _l2(cfg.decoder_l2)
+            x = layers.Dense(units, activation=act, kernel_regularizer=regularizer, name=name, dtype="float32" if last else None)(x)
+    # With `tied`, decoder kernels are the encoder's, so only `l2` penalises them.
+    return keras.Model(inputs, x, name=cfg.model)
+
+
+def _l2(value: float):
+    import keras
+
+    return keras.regularizers.L2(value) if value > 0 else None
+
+
+def untie(model: keras.Model, cfg: TrainConfig) -> keras.Model:
+    """A plain-Dense copy of `model` computing the same function (tied kernels transposed)."""
+    if not cfg.tied:
+        return model
+    import keras
+
+    from deeprec.layers import DenseTransposed
+
+    n_inputs, n_outputs = model.input_shape[-1], model.output_shape[-1]
+    plain = MODELS[cfg.model](cfg.replace(tied=False), n_inputs, n_outputs)
+    for layer in plain.layers:
+        if not layer.weights:
+            continue
+        source = model.get_layer(layer.name)
+        if isinstance(source, DenseTransposed):
+            layer.set_weights([keras.ops.convert_to_numpy(source.source.kernel).T, keras.ops.convert_to_numpy(source.bias)])
+        else:
+            layer.set_weights(source.get_weights())
+    return plain
+
+
+MODELS: dict[str, Callable[[TrainConfig, int, int], keras.Model]] = {
+    "autoencoder": build_autoencoder,
+}

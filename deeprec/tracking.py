@@ -1,0 +1,149 @@
+"""MLflow tracking for one training run: the only module (with serve.py) that imports mlflow.
+
+A run gets: params = every config field (same names as MLproject); tags for dataset, digest,
+split, seed and package version; the dataset as an MLflow input; per-epoch metrics with
+step=epoch; final test metrics and baselines; learning-curve PNGs, the history CSV and the
+resolved config; the Keras model (plain layers, reloads without custom objects) and a pyfunc
+recommender. A NaN loss ends the run FAILED, Ctrl-C ends it KILLED, with what was logged kept.
+Where runs go is MLflow's business: MLFLOW_TRACKING_URI / MLFLOW_EXPERIMENT_NAME are honoured.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+from mlflow.models import infer_signature  # noqa: E402
+
+from deeprec import __version__, experiment, serve  # noqa: E402
+from deeprec.config import TrainConfig  # noqa: E402
+from deeprec.models import untie  # noqa: E402
+from deeprec.train import TrainingDiverged, model_inputs  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+CURVES = (("rmse", ("train_rmse", "valid_rmse"), "RMSE (per rating, clipped)"), ("loss", ("train_loss",), "training loss (masked MSE + L2)"))
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    metrics: dict[str, float]
+    history: list[dict]
+
+
+def log_config(cfg: TrainConfig) -> None:
+    mlflow.log_params(cfg.to_params())
+
+
+def dataset_input(prepared: experiment.Prepared) -> mlflow.data.dataset.Dataset:
+    ratings = prepared.dataset.ratings
+    frame = pd.DataFrame({"user": ratings.users, "item": ratings.items, "rating": ratings.values})
+    return mlflow.data.from_pandas(
+        frame, source=str(prepared.dataset.folder), name=prepared.dataset.spec.name, targets="rating", digest=prepared.dataset.digest[:16]
+    )
+
+
+def curve_figures(history: list[dict]) -> dict[str, plt.Figure]:
+    frame = pd.DataFrame(history)
+    figures = {}
+    for name, columns, label in CURVES:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for column in columns:
+            if column in frame:
+                ax.plot(frame["epoch"], frame[column], marker="o", markersize=3, label=column)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        figures[name] = fig
+    return figures
+
+
+def log_history(history: list[dict]) -> None:
+    for name, fig in curve_figures(history).items():
+        mlflow.log_figure(fig, f"curves/{name}.png")
+        plt.close(fig)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "history.csv"
+        pd.DataFrame(history).to_csv(path, index=False)
+        mlflow.log_artifact(str(path))
+
+
+def log_models(model, prepared: experiment.Prepared, cfg: TrainConfig) -> None:
+    """The Keras model (plain layers) with signature and example, and the pyfunc recommender."""
+    plain = untie(model, cfg)
+    example = model_inputs(prepared.data, np.arange(min(2, prepared.data.train.shape[0])))
+    signature = infer_signature(example, np.asarray(plain(example, training=False)))
+    # mlflow.keras.log_model(input_example=...) fails in MLflow 3.17: the Keras flavor writes the
+    # example before it creates the model folder. Saving into a folder that exists, then logging
+    # it, gives the same artifacts (MLmodel, signature, example) under the run's "model" path.
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model"
+        path.mkdir()
+        mlflow.keras.save_model(plain, str(path), signature=signature, input_example=example)
+        mlflow.log_artifacts(str(path), "model")
+    serve.log_recommender(plain, prepared, cfg, name="recommender")
+
+
+def train_tracked(cfg: TrainConfig, run_name: str | None = None, tags: dict[str, str] | None = None, nested: bool = False) -> RunResult:
+    """Prepare data, train, evaluate and log one run; return its id, final metrics and history."""
+    cfg.validate()
+    prepared = experiment.prepare(cfg)
+    with mlflow.start_run(run_name=run_name, nested=nested) as run:
+        log_config(cfg)
+        mlflow.set_tags({
+            "dataset": cfg.dataset, "dataset_digest": prepared.dataset.digest, "split": cfg.split, "seed": str(cfg.seed),
+            "deeprec_version": __version__, **(tags or {}),
+        })
+        mlflow.log_input(dataset_input(prepared), context="training")
+        history: list[dict] = []
+
+        def on_epoch(record: dict) -> None:
+            history.append(record)
+            mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+
+        try:
+            outcome = experiment.run(cfg, prepared, on_epoch=on_epoch)
+        except TrainingDiverged as exc:
+            mlflow.set_tag("failure", str(exc))
+            _log_partial(history)
+            mlflow.end_run("FAILED")
+            raise
+        except KeyboardInterrupt:
+            mlflow.set_tag("failure", "interrupted by the user")
+            _log_partial(history)
+            mlflow.end_run("KILLED")
+            raise
+        mlflow.log_metrics(outcome.metrics)
+        log_history(outcome.history)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "config.yaml"
+            path.write_text(yaml.safe_dump(cfg.to_params(), sort_keys=False))
+            mlflow.log_artifact(str(path))
+        log_models(outcome.model, prepared, cfg)
+        return RunResult(run.info.run_id, outcome.metrics, outcome.history)
+
+
+def _log_partial(history: list[dict]) -> None:
+    if history:
+        try:
+            log_history(history)
+        except Exception:  # the run is ending anyway; never hide the original error
+            log.exception("could not log the partial history")
+
+
+def tracking_summary() -> str:
+    return f"tracking URI {mlflow.get_tracking_uri()}, experiment {os.environ.get('MLFLOW_EXPERIMENT_NAME', 'Default')}"

@@ -1,0 +1,102 @@
+"""The training config: validation, params round trip, and agreement with MLproject and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deeprec.cli import build_parser
+from deeprec.config import FIELD_DOCS, ConfigError, TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_valid_and_documented() -> None:
+    cfg = TrainConfig().validate()
+    assert [f.name for f in dataclasses.fields(cfg)] == list(FIELD_DOCS)
+    assert cfg.hidden_sizes == (500,)
+    assert cfg.decoder_l2 == cfg.l2
+
+
+def test_params_round_trip() -> None:
+    cfg = TrainConfig(arch="256,512,256", tied=True, l2_decoder=0.002, noise="mask", noise_level=0.25, orientation="user").validate()
+    params = cfg.to_params()
+    assert params["tied"] == "true" and params["arch"] == "256,512,256" and params["l2_decoder"] == "0.002"
+    assert TrainConfig.from_params(params) == cfg
+    assert TrainConfig.from_params(TrainConfig().to_params()).l2_decoder is None  # "" means "same as l2"
+
+
+def test_from_params_accepts_mlflow_float_strings() -> None:
+    cfg = TrainConfig.from_params({"epochs": "3.0", "batch_size": 64, "tied": "False", "refeed": "1"})
+    assert (cfg.epochs, cfg.batch_size, cfg.tied, cfg.refeed) == (3, 64, False, 1)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"arch": "256,abc"}, "arch: expected comma-separated positive integers"),
+        ({"arch": "256,0"}, "arch: every hidden size must be a positive integer"),
+        ({"dropout": "1.5"}, "dropout: must be a fraction in [0, 1), got 1.5"),
+        ({"lr": "0"}, "lr: must be > 0"),
+        ({"activation": "swish"}, "activation: unknown value 'swish'"),
+        ({"last_activation": "softmax"}, "last_activation: unknown value"),
+        ({"fill": "average"}, "fill: unknown fill 'average'"),
+        ({"noise": "salt"}, "noise: unknown value"),
+        ({"noise": "dropout", "noise_level": "1"}, "noise_level: must be a fraction"),
+        ({"noise": "gaussian", "noise_level": "-0.1"}, "noise_level: must be >= 0"),
+        ({"tied": "true", "arch": "256,512"}, "tied: a tied (constrained) decoder mirrors the encoder"),
+        ({"tied": "true", "side_info": "item"}, "tied: side information widens the input"),
+        ({"side_info": "user", "orientation": "item"}, "side_info: user features describe the rows"),
+        ({"optimizer": "adamw"}, "optimizer: unknown value"),
+        ({"momentum": "1"}, "momentum: must be in [0, 1)"),
+        ({"batch_size": "0"}, "batch_size: must be an integer >= 1"),
+        ({"epochs": "2.5"}, "epochs: expected int"),
+        ({"precision": "float16"}, "precision: unknown value"),
+        ({"dataset": "ml-3m"}, "dataset: unknown value"),
+        ({"split": "random"}, "split: unknown value"),
+        ({"model": "vae"}, "model: unknown value"),
+        ({"l2": "nan"}, "l2: must be >= 0"),
+        ({"learning_rate": "0.1"}, "learning_rate: unknown parameter"),
+    ],
+)
+def test_impossible_values_name_the_parameter(params: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        TrainConfig.from_params(params)
+    assert str(err.value).startswith(message.split(":")[0] + ":")
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_mlproject_main_parameters_are_the_config_fields() -> None:
+    project = yaml.safe_load((ROOT / "MLproject").read_text())
+    main = project["entry_points"]["main"]
+    defaults = TrainConfig().to_params()
+    assert list(main["parameters"]) == list(defaults)
+    for name, spec in main["parameters"].items():
+        assert str(spec["default"]) == defaults[name], name
+        assert f"--{name} {{{name}}}" in main["command"], name
+    assert main["command"].startswith("deeprec train ")
+
+
+def test_cli_train_options_are_the_config_fields() -> None:
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    options = {a.dest for a in train._actions if a.option_strings and a.dest not in ("help", "run_name", "json")}
+    assert options == set(FIELD_DOCS)
+    args = build_parser().parse_args(["train", "--arch", "256,512,256", "--tied", "true"])
+    cfg = TrainConfig.from_params({name: getattr(args, name) for name in FIELD_DOCS})
+    assert cfg.hidden_sizes == (256, 512, 256) and cfg.tied
+
+
+def test_bad_parameter_is_one_line_before_any_work(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "deeprec", "train", "--dropout", "1.5"], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "DEEPREC_DATA_DIR": str(tmp_path / "empty"), "HOME": str(tmp_path)},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "deeprec: error: dropout: must be a fraction in [0, 1), got 1.5"
+    assert list(tmp_path.iterdir()) == []  # no tracking store, no download, nothing written
