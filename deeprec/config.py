@@ -110,7 +110,7 @@ class TrainConfig:
         return self
 
     def to_params(self) -> dict[str, str]:
-        """Flat string params for MLflow (same names as MLproject); None is logged as ""."""
+        """Flat string params for MLflow (same names as MLproject); an unset l2_decoder is "same"."""
         return {f.name: _format(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
@@ -140,7 +140,7 @@ FIELD_DOCS: dict[str, str] = {
     "noise_level": "float — strength of `noise` (std for gaussian, a fraction in [0, 1) otherwise)",
     "dropout": "float — dropout rate after the code (middle) layer, in [0, 1)",
     "l2": "float — L2 weight penalty (λ·Σw²) on encoder layers",
-    "l2_decoder": "float or empty — L2 penalty on decoder layers; empty means the same as l2",
+    "l2_decoder": "float or `same` — L2 penalty on decoder layers; `same` (the default) means the value of l2",
     "tied": "bool — constrained decoder: decoder weights are the encoder weights transposed (NVIDIA); arch must be a palindrome",
     "refeed": "int — dense re-feeding steps per batch (NVIDIA): the dense output is fed back as input and target",
     "side_info": "str — none | user | item: one-hot side features concatenated to each input row (must match orientation)",
@@ -186,9 +186,12 @@ def _integer(name: str, value: int, minimum: int) -> None:
         raise ConfigError(f"{name}: must be an integer >= {minimum}, got {value}")
 
 
+SAME_AS_L2 = "same"  # how an unset l2_decoder reads in params (MLflow cannot carry an empty value)
+
+
 def _format(value: Any) -> str:
     if value is None:
-        return ""
+        return SAME_AS_L2
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)
@@ -197,7 +200,7 @@ def _format(value: Any) -> str:
 def _parse(name: str, annotation: str, value: Any) -> Any:
     """Convert a string (or typed) value to the field's type, with a one-line error naming it."""
     optional = "None" in str(annotation)
-    if optional and (value is None or value == ""):
+    if optional and (value is None or str(value).strip() in ("", SAME_AS_L2)):
         return None
     kind = str(annotation).split("|")[0].strip()
     try:

@@ -74,7 +74,7 @@ COLUMNS = ("user", "item", "n", "ratings")
 SIGNATURE = ModelSignature(inputs=Schema([ColSpec(AnyType(), name, required=False) for name in COLUMNS]))
 FORMS = "use columns `user` [+ `n`] (top-N), `user` + `item` (pair ratings) or `ratings` [+ `n`] (new user)"
 
-# Where a dataset's titles are: file, separator, encoding (MovieLens metadata is latin-1).
+# Where a dataset's titles are: file and separator (MovieLens metadata files are latin-1).
 TITLE_FILES: dict[str, tuple[str, str]] = {"ml-1m": ("movies.dat", "::"), "ml-100k": ("u.item", "|")}
 
 # Serving needs only these (deeprec itself travels with the model as code).
@@ -218,6 +218,8 @@ class Recommender(mlflow.pyfunc.PythonModel):
         """Load the artifacts, build the compiled forward pass and, if small, cache item-major output."""
         files = context.artifacts
         meta = json.loads(Path(files["meta"]).read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT_VERSION:
+            raise MlflowException(f"recommender files of format {meta.get('format')!r}; this deeprec reads format {FORMAT_VERSION}")
         self.orientation_: str = meta["orientation"]
         self.scale_: tuple[float, float] = (float(meta["scale"][0]), float(meta["scale"][1]))
         self.train_ = sp.load_npz(files["train"]).tocsr().astype(np.float32)
@@ -243,10 +245,10 @@ class Recommender(mlflow.pyfunc.PythonModel):
         model = keras.saving.load_model(files["model"], compile=False)
         n_inputs = self.train_.shape[1] + (0 if self.side_ is None else self.side_.shape[1])
         self.n_inputs_ = n_inputs
+        # No Python control flow to convert, so no AutoGraph (it cannot parse a lambda's source anyway).
         self.forward_: Callable = tf.function(
-            lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, n_inputs], tf.float32)]
+            lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, n_inputs], tf.float32)], autograph=False
         )
-        self.model_ = model  # kept alive for the compiled function
         self.item_major_: np.ndarray | None = None
         n_rows, n_cols = self.train_.shape
         if self.orientation_ == "item" and n_rows * n_cols * 4 <= CACHE_BYTES:
@@ -303,7 +305,10 @@ class Recommender(mlflow.pyfunc.PythonModel):
     # -- requests -----------------------------------------------------------------------------
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """Answer one request frame (top-N, pair ratings or new-user top-N; see the module docstring)."""
+        """Answer one request frame (top-N, pair ratings or new-user top-N; see the module docstring).
+
+        `params` is unused: `n` travels in the frame, so each request row can ask for its own.
+        """
         frame = _check_frame(model_input)
         columns = set(frame.columns)
         if "ratings" in columns:

@@ -44,7 +44,11 @@ class RunResult:
 
 
 def log_config(cfg: TrainConfig) -> None:
-    mlflow.log_params(cfg.to_params())
+    """Log every config field as a param. Under `mlflow run` the -P values are already logged (as
+    the user typed them, e.g. lr=1e-3); MLflow forbids re-logging a param, so only the rest are added."""
+    run = mlflow.active_run()
+    existing = mlflow.get_run(run.info.run_id).data.params if run else {}
+    mlflow.log_params({k: v for k, v in cfg.to_params().items() if k not in existing})
 
 
 def dataset_input(prepared: experiment.Prepared) -> mlflow.data.dataset.Dataset:

@@ -28,7 +28,9 @@ def test_params_round_trip() -> None:
     params = cfg.to_params()
     assert params["tied"] == "true" and params["arch"] == "256,512,256" and params["l2_decoder"] == "0.002"
     assert TrainConfig.from_params(params) == cfg
-    assert TrainConfig.from_params(TrainConfig().to_params()).l2_decoder is None  # "" means "same as l2"
+    assert TrainConfig().to_params()["l2_decoder"] == "same"
+    assert TrainConfig.from_params(TrainConfig().to_params()).l2_decoder is None  # "same" means "as l2"
+    assert TrainConfig.from_params({"l2_decoder": ""}).l2_decoder is None
 
 
 def test_from_params_accepts_mlflow_float_strings() -> None:

@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +29,14 @@ from conftest import synthetic_ratings, write_ml1m
 from deeprec import experiment, serve, train
 from deeprec.config import TrainConfig
 
-# Orientation, fill and side information of the three logged models: together they cover the
-# per-row, per-column and constant fills and side features in both orientations.
+# The three logged models cover the per-row, per-column and constant fills and side features in
+# both orientations. Five epochs at lr 0.05 put every prediction inside the 1..5 scale, so the
+# comparisons below are not between clipped constants; "user-side" stays at one epoch, where
+# every output is below 1, to check the clipping.
 SETUPS = {
-    "user": {"orientation": "user", "fill": "row-mean"},
-    "item": {"orientation": "item", "fill": "col-mean", "side_info": "item"},
-    "user-side": {"orientation": "user", "fill": "3", "side_info": "user"},
+    "user": {"orientation": "user", "fill": "row-mean", "epochs": 5, "lr": 0.05},
+    "item": {"orientation": "item", "fill": "col-mean", "side_info": "item", "epochs": 5, "lr": 0.05},
+    "user-side": {"orientation": "user", "fill": "3", "side_info": "user", "epochs": 1},
 }
 SERVER_START_S = 90
 
@@ -50,7 +53,7 @@ class Logged:
 
 
 @pytest.fixture(scope="module")
-def tracking(tmp_path_factory) -> tuple[Path, str]:
+def tracking(tmp_path_factory) -> Iterator[tuple[Path, str]]:
     """A tiny ML-1M in DEEPREC_DATA_DIR and a sqlite MLflow store, both under one tmp folder."""
     root = tmp_path_factory.mktemp("serve")
     write_ml1m(root / "data" / "ml-1m", synthetic_ratings(n_users=40, n_items=30, seed=3))
@@ -73,7 +76,7 @@ def logged_models(tracking) -> dict[str, Logged]:
     _, tracking_uri = tracking
     out = {}
     for key, overrides in SETUPS.items():
-        cfg = TrainConfig(dataset="ml-1m", epochs=1, arch="8", batch_size=16, patience=0, **overrides).validate()
+        cfg = TrainConfig(dataset="ml-1m", arch="8", batch_size=16, patience=0, **overrides).validate()
         prepared = experiment.prepare(cfg)
         model, _ = train.fit(cfg, prepared.data)
         with mlflow.start_run(run_name=key) as run:
@@ -91,13 +94,13 @@ def logged(request, logged_models) -> Logged:
 # -- what the answers should be, computed from the training data and the Keras model directly ---
 
 
-def direct_scores(logged: Logged) -> np.ndarray:
-    """(n_users, n_items) clipped predictions, from the training matrix rows."""
+def direct_scores(logged: Logged, clip: bool = True) -> np.ndarray:
+    """(n_users, n_items) predictions (clipped unless asked not to), from the training matrix rows."""
     data = logged.prepared.data
     rows = np.arange(data.train.shape[0])
     out = np.asarray(logged.keras_model(train.model_inputs(data, rows), training=False), dtype=np.float32)
     out = out if data.matrices.orientation == "user" else out.T
-    return np.clip(out, *data.scale)
+    return np.clip(out, *data.scale) if clip else out
 
 
 def rated_in_training(logged: Logged, user: int) -> set[int]:
@@ -134,9 +137,10 @@ def test_top_n_for_a_known_user(logged: Logged) -> None:
         assert answer["title"].tolist() == [expected_title(i) for i in items]
         row = scores[user_index(logged, user)]
         np.testing.assert_allclose(answer["predicted_rating"], [row[item_index(logged, i)] for i in items], rtol=1e-5, atol=1e-5)
-        # Nothing left out scores higher than the last recommended item.
-        unseen = set(logged.prepared.data.matrices.items.ids.tolist()) - rated_in_training(logged, user) - set(items)
-        assert all(row[item_index(logged, i)] <= answer["predicted_rating"].iloc[-1] + 1e-6 for i in unseen)
+        # The ranking is by the unclipped scores: the three best unseen items, best first.
+        raw = direct_scores(logged, clip=False)[user_index(logged, user)]
+        unseen = sorted(set(logged.prepared.data.matrices.items.ids.tolist()) - rated_in_training(logged, user))
+        assert items == sorted(unseen, key=lambda i: -raw[item_index(logged, i)])[:3]
 
 
 def test_top_n_defaults_to_ten_and_stops_at_the_unseen_items(logged: Logged) -> None:
@@ -158,6 +162,16 @@ def test_pair_predictions_equal_the_clipped_keras_output(logged: Logged) -> None
     scores = direct_scores(logged)
     expected = [scores[user_index(logged, u), item_index(logged, i)] for u, i in zip(users, items)]
     np.testing.assert_allclose(answer["predicted_rating"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_predictions_are_clipped_to_the_scale(logged_models: dict[str, Logged]) -> None:
+    logged = logged_models["user-side"]  # one epoch: most raw outputs are still below 1
+    raw = direct_scores(logged, clip=False)
+    users, items = np.nonzero(raw < 1)
+    assert len(users) > 0, "the one-epoch model should predict some ratings below the scale"
+    matrices = logged.prepared.data.matrices
+    request = pd.DataFrame({"user": matrices.users.ids[users[:5]], "item": matrices.items.ids[items[:5]]})
+    assert logged.pyfunc.predict(request)["predicted_rating"].tolist() == [1.0] * len(request)
 
 
 def test_ids_sent_as_digit_strings_match_integer_ids(logged: Logged) -> None:
@@ -203,6 +217,37 @@ def test_an_item_oriented_model_refuses_new_users(logged_models: dict[str, Logge
     with pytest.raises(MlflowException, match="orientation=user") as caught:
         logged_models["item"].pyfunc.predict(pd.DataFrame({"ratings": ['{"1": 5}']}))
     assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
+
+
+def test_small_batches_and_the_uncached_item_path_give_the_same_answers(logged: Logged, monkeypatch) -> None:
+    # Force what large data would do: no cached item-major matrix, tiny forward and user batches.
+    monkeypatch.setattr(serve, "CACHE_BYTES", 0)
+    monkeypatch.setattr(serve, "BATCH_BYTES", 4 * 4 * logged.prepared.data.n_inputs)
+    monkeypatch.setattr(serve, "USER_BATCH", 2)
+    batched = mlflow.pyfunc.load_model(logged.uri)
+    assert batched.unwrap_python_model().item_major_ is None
+    for request in (pd.DataFrame({"user": [1, 2, 3, 2, 40], "n": [3, 3, 3, 5, 2]}), pd.DataFrame({"user": [1, 2, 3], "item": [5, 6, 7]})):
+        pd.testing.assert_frame_equal(batched.predict(request), logged.pyfunc.predict(request), rtol=1e-5, atol=1e-5)
+
+
+def test_string_ids_without_titles(tracking) -> None:
+    root, _ = tracking
+    rows = synthetic_ratings(n_users=20, n_items=15, per_user=(6, 12), seed=5)
+    path = root / "strings.csv"
+    path.write_text("user,item,rating\n" + "".join(f"u{u},m{i},{r}\n" for u, i, r, _ in rows), encoding="utf-8")
+    cfg = TrainConfig(dataset=f"csv:{path}", epochs=1, arch="4", orientation="user", batch_size=16, patience=0).validate()
+    prepared = experiment.prepare(cfg)
+    model, _ = train.fit(cfg, prepared.data)
+    with mlflow.start_run(run_name="strings"):
+        serve.log_recommender(model, prepared, cfg)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{mlflow.last_logged_model().model_id}")
+    top = pyfunc.predict(pd.DataFrame({"user": ["u3"], "n": [2]}))
+    assert top["user"].tolist() == ["u3", "u3"] and all(str(i).startswith("m") for i in top["item"])
+    assert top["title"].tolist() == ["", ""]
+    new = pyfunc.predict(pd.DataFrame({"ratings": ['{"m1": 4, "m2": 2}'], "n": [3]}))
+    assert len(new) == 3 and not {"m1", "m2"} & set(new["item"])
+    with pytest.raises(MlflowException, match="unknown user id"):
+        pyfunc.predict(pd.DataFrame({"user": [3]}))  # 3 is not "u3"
 
 
 # -- bad input: one-line MlflowException(INVALID_PARAMETER_VALUE), i.e. HTTP 400 when served -----

@@ -1,0 +1,109 @@
+"""End to end: `mlflow run .` on tiny generated data, then everything a user sees in MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import synthetic_ratings, write_ml1m
+from deeprec import tracking
+from deeprec.config import TrainConfig
+from deeprec.train import TrainingDiverged
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Tiny ML-1M-format data and a private tracking store, both under tmp_path."""
+    write_ml1m(tmp_path / "data" / "ml-1m", synthetic_ratings(n_users=40, n_items=25, per_user=(10, 20), seed=2))
+    monkeypatch.setenv("DEEPREC_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root (./mlruns) lands in tmp_path too
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # set_experiment exports it; undone at teardown
+    mlflow.set_experiment("Default")  # forget the previous test's experiment id (a different store)
+    return tmp_path
+
+
+def test_mlflow_run_end_to_end(workspace: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_EXPERIMENT_ID"} | {"MLFLOW_EXPERIMENT_NAME": "e2e"}
+    result = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local",
+         "-P", "epochs=3", "-P", "arch=8", "-P", "orientation=user", "-P", "batch_size=16", "-P", "patience=0", "-P", "fill=row-mean"],
+        capture_output=True, text=True, cwd=workspace, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "epoch 3/3" in result.stderr  # one progress line per epoch
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("e2e")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    expected = TrainConfig(epochs=3, arch="8", orientation="user", batch_size=16, patience=0, fill="row-mean").to_params()
+    assert run.data.params == expected  # every config field, same names as MLproject
+    assert run.data.tags["dataset"] == "ml-1m" and len(run.data.tags["dataset_digest"]) == 32
+    assert run.data.tags["split"] == "holdout" and run.data.tags["deeprec_version"]
+    history = client.get_metric_history(run.info.run_id, "valid_rmse")
+    assert [m.step for m in history] == [1, 2, 3]
+    for key in ("test_rmse", "test_mae", "test_rmse_user_avg", "baseline_global_mean_rmse", "baseline_user_item_bias_rmse", "ndcg_at_10"):
+        assert np.isfinite(run.data.metrics[key]), key
+    assert 0.0 < run.data.metrics["test_rmse"] < 4.0
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)} | {a.path for a in client.list_artifacts(run.info.run_id, "curves")}
+    assert {"curves/rmse.png", "curves/loss.png", "history.csv", "config.yaml", "model"} <= artifacts
+    inputs = run.inputs.dataset_inputs
+    assert inputs and inputs[0].dataset.name == "ml-1m"
+
+    keras_model = mlflow.keras.load_model(f"runs:/{run.info.run_id}/model")
+    example = np.zeros((2, keras_model.input_shape[-1]), dtype=np.float32)
+    assert keras_model.predict(example, verbose=0).shape == (2, keras_model.output_shape[-1])
+
+    recommender = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/recommender")
+    import pandas as pd
+
+    top = recommender.predict(pd.DataFrame({"user": [1], "n": [5]}))
+    assert len(top) == 5 and list(top["rank"]) == [1, 2, 3, 4, 5]
+
+
+def test_nan_loss_marks_the_run_failed(workspace: Path) -> None:
+    cfg = TrainConfig(orientation="user", arch="6", activation="relu", optimizer="sgd", lr=1e12, epochs=5, batch_size=8, patience=0).validate()
+    mlflow.set_experiment("nan")
+    with pytest.raises(TrainingDiverged):
+        tracking.train_tracked(cfg)
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("nan").experiment_id])
+    assert run.info.status == "FAILED"
+    assert "training loss became" in run.data.tags["failure"]
+
+
+def test_ctrl_c_marks_the_run_killed_and_keeps_what_was_logged(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted_run(cfg, prepared, on_epoch=None):
+        on_epoch({"epoch": 1, "train_loss": 1.0, "train_rmse": 1.0, "valid_rmse": 1.1, "seconds": 0.1, "train_seconds": 0.1})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tracking.experiment, "run", interrupted_run)
+    mlflow.set_experiment("ctrl-c")
+    with pytest.raises(KeyboardInterrupt):
+        tracking.train_tracked(TrainConfig(epochs=3, arch="4").validate())
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("ctrl-c").experiment_id])
+    assert run.info.status == "KILLED"
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "valid_rmse")] == [1.1]
+    assert "curves/rmse.png" in {a.path for a in client.list_artifacts(run.info.run_id, "curves")}
+
+
+def test_cli_train_json_last_line(workspace: Path, capsys: pytest.CaptureFixture) -> None:
+    from deeprec.cli import main
+
+    assert main(["train", "--epochs", "1", "--arch", "4", "--orientation", "item", "--batch_size", "8", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(summary["run_id"]) == 32 and summary["test_ratings"] > 0
+    assert MlflowClient().get_run(summary["run_id"]).info.status == "FINISHED"

@@ -1,0 +1,145 @@
+"""Models and training on tiny generated data: every registry combination, learning, loss values."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import synthetic_ratings, write_ml1m
+from deeprec import experiment
+from deeprec.config import TrainConfig
+from deeprec.losses import masked_mse
+from deeprec.matrix import NAMED_FILLS, build_matrices
+from deeprec.models import MODELS, untie
+from deeprec.ratings import Ratings
+from deeprec.splits import holdout_split
+from deeprec.train import TrainingData, TrainingDiverged, fit, observed_errors, predict_rows
+
+
+@pytest.fixture(scope="module")
+def tiny_prepared(tmp_path_factory) -> dict[str, experiment.Prepared]:
+    """ML-1M-format files with 30 users x 20 items, prepared once per orientation and fill."""
+    folder = tmp_path_factory.mktemp("data")
+    write_ml1m(folder / "ml-1m", synthetic_ratings(n_users=30, n_items=20, per_user=(10, 16), seed=1))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DEEPREC_DATA_DIR", str(folder))
+        return {
+            (orientation, fill, side): experiment.prepare(TrainConfig(orientation=orientation, fill=fill, side_info=side).validate())
+            for orientation, side in (("user", "none"), ("user", "user"), ("item", "item"))
+            for fill in ("zero", "3", *NAMED_FILLS[1:])
+        }
+
+
+COMBINATIONS = [
+    (model, fill, noise, side, tied, refeed)
+    for model, fill, noise, (side, tied), refeed in itertools.product(
+        MODELS, ("zero", "3", *NAMED_FILLS[1:]), ("none", "gaussian", "dropout", "mask"), (("none", False), ("none", True), ("user", False)), (0, 1)
+    )
+]
+
+
+@pytest.fixture
+def eager():
+    """Run the training step eagerly: tracing a graph per combination would dominate the test time
+    (the compiled path is exercised by every other test here)."""
+    tf.config.run_functions_eagerly(True)
+    yield
+    tf.config.run_functions_eagerly(False)
+
+
+@pytest.mark.parametrize(("model", "fill", "noise", "side", "tied", "refeed"), COMBINATIONS)
+def test_every_combination_trains_an_epoch(eager, tiny_prepared, model: str, fill: str, noise: str, side: str, tied: bool, refeed: int) -> None:
+    cfg = TrainConfig(
+        model=model, orientation="user", arch="6" if tied else "6,4,6", fill=fill, noise=noise, noise_level=0.2 if noise != "none" else 0.0,
+        side_info=side, tied=tied, refeed=refeed, dropout=0.2, epochs=1, batch_size=8, patience=0,
+    ).validate()
+    prepared = tiny_prepared[("user", fill, side)]
+    trained, history = fit(cfg, prepared.data)
+    assert len(history) == 1 and math.isfinite(history[0]["train_loss"]) and math.isfinite(history[0]["valid_rmse"])
+    n_rows, n_cols = prepared.data.train.shape
+    assert trained.input_shape[-1] == n_cols + (30 if side == "user" else 0)  # side info is concatenated to the input
+    assert trained.output_shape[-1] == n_cols  # outputs are ratings only
+    plain = untie(trained, cfg)
+    rows = np.arange(3)
+    np.testing.assert_allclose(predict_rows(plain, prepared.data, rows), predict_rows(trained, prepared.data, rows), rtol=1e-5, atol=1e-5)
+    assert all(type(layer).__module__.startswith("keras") for layer in plain.layers)  # reloads without custom objects
+
+
+def test_item_orientation_with_item_side_information(tiny_prepared) -> None:
+    cfg = TrainConfig(orientation="item", side_info="item", arch="5", epochs=2, batch_size=4, patience=0).validate()
+    prepared = tiny_prepared[("item", "zero", "item")]
+    trained, history = fit(cfg, prepared.data)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert trained.input_shape[-1] == prepared.data.train.shape[1] + 19  # 18 genres + release year
+
+
+def test_masked_mse_against_hand_computed_values() -> None:
+    targets = tf.constant([[5.0, 0.0], [3.0, 4.0]])
+    predictions = tf.constant([[4.0, 9.0], [3.0, 2.0]])
+    mask = tf.constant([[1.0, 0.0], [1.0, 1.0]])
+    # observed errors 1, 0, -2 -> (1 + 0 + 4) / 3; the unobserved 9 vs 0 does not count
+    assert float(masked_mse(targets, predictions, mask)) == pytest.approx(5 / 3)
+    assert float(masked_mse(targets, predictions, tf.zeros_like(mask))) == 0.0
+
+
+def test_non_zero_fill_does_not_leak_into_the_loss(tmp_path: Path) -> None:
+    """With fill 3 the inputs differ, but loss and targets only see observed ratings."""
+    rows = synthetic_ratings(n_users=12, n_items=10, per_user=(10, 11), seed=4)
+    ratings = Ratings(rows[:, 0], rows[:, 1], rows[:, 2].astype(np.float32), None, (1, 5), tmp_path)
+    split = holdout_split(ratings.users)
+    zero = build_matrices(ratings, split, fill="zero").train.batch(np.arange(4))
+    three = build_matrices(ratings, split, fill="3").train.batch(np.arange(4))
+    assert not np.array_equal(zero.inputs, three.inputs)
+    guess = tf.fill(zero.targets.shape, 3.5)
+    assert float(masked_mse(three.targets, guess, three.mask)) == pytest.approx(float(masked_mse(zero.targets, guess, zero.mask)))
+    expected = np.sum(zero.mask * (zero.targets - 3.5) ** 2) / zero.mask.sum()
+    assert float(masked_mse(three.targets, guess, three.mask)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_observed_errors_are_global_per_rating_and_clipped() -> None:
+    import scipy.sparse as sp
+
+    targets = sp.csr_matrix(np.array([[5.0, 0.0, 1.0], [0.0, 2.0, 0.0]], dtype=np.float32))
+    predictions = np.array([[7.0, 0.0, 1.5], [0.0, 3.0, 0.0]], dtype=np.float32)
+    # clipped to 1..5: errors 0 (7 -> 5), 0.5, 1 over 3 ratings -> sqrt(1.25 / 3)
+    errors = observed_errors(lambda rows: predictions[rows], {"x": targets}, 2, (1, 5))
+    assert errors["x"] == pytest.approx(math.sqrt(1.25 / 3))
+
+
+def test_learns_a_low_rank_matrix(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    n_users, n_items = 120, 60
+    truth = np.clip(3 + 1.2 * rng.normal(size=(n_users, 2)) @ rng.normal(size=(2, n_items)) / 1.5, 1, 5)
+    observed = rng.random((n_users, n_items)) < 0.5
+    u, i = np.nonzero(observed)
+    ratings = Ratings(u + 1, i + 1, truth[u, i].astype(np.float32), None, (1, 5), tmp_path)
+    split = holdout_split(ratings.users, seed=1)
+    data = TrainingData(build_matrices(ratings, split, orientation="user"), (1, 5))
+    cfg = TrainConfig(orientation="user", arch="32", activation="sigmoid", l2=1e-5, lr=0.01, epochs=150, batch_size=32, patience=20).validate()
+    _, history = fit(cfg, data)
+    valid = [h["valid_rmse"] for h in history]
+    mean = ratings.values[split.train].mean()
+    mean_rmse = float(np.sqrt(np.mean((ratings.values[split.valid] - mean) ** 2)))
+    assert min(valid) < 0.6 * mean_rmse, (min(valid), mean_rmse)
+
+
+def test_nan_loss_is_reported(tiny_prepared) -> None:
+    cfg = TrainConfig(orientation="user", arch="6", activation="relu", optimizer="sgd", lr=1e12, epochs=5, batch_size=8, patience=0).validate()
+    with pytest.raises(TrainingDiverged, match="training loss became"):
+        fit(cfg, tiny_prepared[("user", "zero", "none")].data)
+
+
+def test_early_stopping_restores_the_best_weights(tiny_prepared) -> None:
+    data = tiny_prepared[("user", "zero", "none")].data
+    cfg = TrainConfig(orientation="user", arch="8", lr=0.05, epochs=40, batch_size=8, patience=3).validate()
+    model, history = fit(cfg, data)
+    valid = [h["valid_rmse"] for h in history]
+    best = int(np.argmin(valid))
+    assert len(history) <= best + 1 + 3  # stopped within `patience` epochs of the best
+    final = observed_errors(lambda r: predict_rows(model, data, r), {"valid_rmse": data.matrices.valid}, data.train.shape[0], data.scale)
+    assert final["valid_rmse"] == pytest.approx(valid[best], rel=1e-5)
