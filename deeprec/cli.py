@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         train.add_argument(f"--{name}", default=defaults[name], metavar=name.upper(), help=f"{doc} (default: {defaults[name] or 'empty'})")
     train.add_argument("--run-name", default=None, help="MLflow run name")
     train.add_argument("--json", action="store_true", help="print one JSON object with the run id and test metrics last")
+
+    recommend = commands.add_parser("recommend", help="top-N unseen items for a user, from a trained run's recommender")
+    recommend.add_argument("--run-id", required=True, help="the MLflow run of `deeprec train`")
+    recommend.add_argument("--user", required=True, help="a raw user id from the training data")
+    recommend.add_argument("-n", type=int, default=10, help="how many items (default 10)")
+    recommend.add_argument("--json", action="store_true", help="print the recommendations as JSON records")
     return parser
 
 
@@ -205,11 +211,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recommend(args: argparse.Namespace) -> int:
+    if args.n < 1:
+        raise DeeprecError(f"-n must be at least 1, got {args.n}")
+    import mlflow  # heavy: only for this command
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    try:
+        recommender = mlflow.pyfunc.load_model(f"runs:/{args.run_id}/recommender")
+        top = recommender.predict(pd.DataFrame({"user": [args.user], "n": [args.n]}))
+    except MlflowException as exc:
+        raise DeeprecError(str(exc.message).splitlines()[0]) from None
+    if args.json:
+        print(top.to_json(orient="records"))
+        return 0
+    for row in top.itertuples(index=False):
+        print(f"{row.rank:>3}. {row.predicted_rating:4.2f}  {row.title or row.item}")
+    return 0
+
+
 COMMANDS = {
     ("data", "download"): cmd_data_download,
     ("data", "info"): cmd_data_info,
     ("data", "verify"): cmd_data_verify,
     ("train", None): cmd_train,
+    ("recommend", None): cmd_recommend,
 }
 
 

@@ -40,7 +40,7 @@ class TrainConfig:
     noise: str = "none"
     noise_level: float = 0.0
     dropout: float = 0.0
-    l2: float = 0.001
+    l2: float = 0.0001
     l2_decoder: float | None = None
     tied: bool = False
     refeed: int = 0
@@ -49,7 +49,7 @@ class TrainConfig:
     lr: float = 0.001
     momentum: float = 0.9
     batch_size: int = 256
-    epochs: int = 60
+    epochs: int = 100
     patience: int = 10
     seed: int = 42
     precision: str = "float32"

@@ -62,3 +62,19 @@ def test_cli_info_json(capsys, monkeypatch) -> None:
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (info["ratings"], info["users"], info["items"]) == (1_000_209, 6_040, 3_706)
     assert (info["split"]["train"], info["split"]["valid"], info["split"]["test"]) == (810_169, 90_019, 100_021)
+
+
+def test_two_epochs_of_i_autorec_and_the_baselines(ml1m: datasets.Dataset, monkeypatch) -> None:
+    from deeprec import experiment
+    from deeprec.config import TrainConfig
+
+    monkeypatch.setenv("DEEPREC_DATA_DIR", str(SHARED_ML1M.parent))
+    cfg = TrainConfig(epochs=2, patience=0).validate()  # the default: I-AutoRec 500
+    outcome = experiment.run(cfg, experiment.prepare(cfg))
+    m = outcome.metrics
+    assert m["test_ratings"] == 100_021 and m["test_unseen"] == 15  # every test rating is scored
+    assert 0.85 < m["baseline_user_item_bias_rmse"] < 0.95
+    assert m["baseline_user_item_bias_rmse"] < m["baseline_item_mean_rmse"] < m["baseline_global_mean_rmse"]
+    assert [h["epoch"] for h in outcome.history] == [1, 2]
+    assert outcome.history[1]["valid_rmse"] < outcome.history[0]["valid_rmse"]
+    assert m["test_rmse"] < 1.2 and 0 < m["ndcg_at_10"] < 1

@@ -63,6 +63,7 @@ def tracking(tmp_path_factory) -> Iterator[tuple[Path, str]]:
         mp.setenv("DEEPREC_DATA_DIR", str(root / "data"))
         mp.setenv("MLFLOW_TRACKING_URI", tracking_uri)
         mlflow.set_tracking_uri(tracking_uri)
+        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # set_experiment exports it; undone on exit
         experiment_id = mlflow.create_experiment("serve-tests", artifact_location=(root / "artifacts").as_uri())
         mlflow.set_experiment(experiment_id=experiment_id)
         try:
