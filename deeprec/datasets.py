@@ -40,6 +40,8 @@ GROUPLENS = "https://files.grouplens.org/datasets/movielens"
 DOWNLOAD_TIMEOUT_S = 60
 CHUNK_BYTES = 1 << 20
 
+TITLE_SEPARATORS = {"ml-1m": "::", "ml-100k": "|"}  # movies.dat / u.item: id, title, ...
+
 Progress = Callable[[int, int | None], None]  # (bytes so far, total bytes or None)
 
 
@@ -279,6 +281,13 @@ class Dataset:
         if parser is None or self.spec.users_file is None:
             raise DeeprecError(f"{self.spec.name} has no user side information (ml-1m and ml-100k do)")
         return parser(self.folder / self.spec.users_file)
+
+    def item_titles(self) -> dict[str, str]:
+        """{raw item id as text: title} for ML-1M and ML-100K; {} for datasets without titles."""
+        sep = TITLE_SEPARATORS.get(self.spec.side_info or "")
+        if sep is None or self.spec.items_file is None:
+            return {}
+        return features.item_titles(self.folder / self.spec.items_file, sep)
 
     def item_features(self) -> pd.DataFrame:
         """Genre one-hot columns plus release_year, indexed by raw item id."""

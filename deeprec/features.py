@@ -151,3 +151,22 @@ def align(table: pd.DataFrame, ids: IdMap) -> np.ndarray:
     if absent.any():
         log.warning("%d id(s) have no side information; their feature rows are zero", int(absent.sum()))
     return aligned.fillna(0.0).to_numpy(dtype=np.float32)
+
+
+def item_titles(path: Path, sep: str) -> dict[str, str]:
+    """{raw item id as text: title} from a movie file (`movies.dat` or `u.item`), or {} without one."""
+    if not path.is_file():
+        log.warning("%s: no titles file, recommendations will have empty titles", path)
+        return {}
+    titles, skipped = {}, 0
+    with path.open(encoding="latin-1", newline="") as handle:
+        for line in handle:
+            fields = line.rstrip("\r\n").split(sep)
+            if len(fields) < 2 or not fields[0].strip():
+                skipped += line.strip() != ""
+                continue
+            titles[fields[0].strip()] = fields[1]
+    if skipped:
+        # Titles are a convenience: a damaged line must not stop a trained model from being logged.
+        log.warning("%s: %d line(s) without an id and a title were skipped", path, skipped)
+    return titles

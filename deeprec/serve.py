@@ -74,9 +74,6 @@ COLUMNS = ("user", "item", "n", "ratings")
 SIGNATURE = ModelSignature(inputs=Schema([ColSpec(AnyType(), name, required=False) for name in COLUMNS]))
 FORMS = "use columns `user` [+ `n`] (top-N), `user` + `item` (pair ratings) or `ratings` [+ `n`] (new user)"
 
-# Where a dataset's titles are: file and separator (MovieLens metadata files are latin-1).
-TITLE_FILES: dict[str, tuple[str, str]] = {"ml-1m": ("movies.dat", "::"), "ml-100k": ("u.item", "|")}
-
 # Serving needs only these (deeprec itself travels with the model as code).
 RUNTIME_PACKAGES = ("mlflow", "keras", "tensorflow-cpu", "tensorflow", "numpy", "pandas", "scipy")
 
@@ -120,7 +117,7 @@ def save_artifacts(model: keras.Model, prepared: Prepared, cfg: TrainConfig, fol
     if data.side is not None:
         paths["side"] = folder / "side.npy"
         np.save(paths["side"], np.asarray(data.side, np.float32), allow_pickle=False)
-    titles = read_titles(prepared.dataset.spec.name, prepared.dataset.folder)
+    titles = prepared.dataset.item_titles()
     if titles:
         known = {str(i) for i in matrices.items.ids}  # only recommendable items need a title
         paths["titles"] = folder / "titles.json"
@@ -135,29 +132,6 @@ def save_artifacts(model: keras.Model, prepared: Prepared, cfg: TrainConfig, fol
     }
     paths["meta"].write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return {k: str(v) for k, v in paths.items()}
-
-
-def read_titles(dataset: str, folder: Path) -> dict[str, str]:
-    """{raw item id as text: title} from the dataset's movie file, or {} when it has none."""
-    if dataset not in TITLE_FILES:
-        return {}
-    filename, sep = TITLE_FILES[dataset]
-    path = Path(folder) / filename
-    if not path.is_file():
-        log.warning("%s: no titles file, the recommender will return empty titles", path)
-        return {}
-    titles, skipped = {}, 0
-    with path.open(encoding="latin-1", newline="") as handle:
-        for line in handle:
-            fields = line.rstrip("\r\n").split(sep)
-            if len(fields) < 2 or not fields[0].strip():
-                skipped += line.strip() != ""
-                continue
-            titles[fields[0].strip()] = fields[1]
-    if skipped:
-        # Titles are a convenience: a damaged line must not stop a trained model from being logged.
-        log.warning("%s: %d line(s) without an id and a title were skipped", path, skipped)
-    return titles
 
 
 def _id_array(ids: np.ndarray) -> np.ndarray:

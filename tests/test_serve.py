@@ -26,7 +26,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from conftest import synthetic_ratings, write_ml1m
-from deeprec import experiment, serve, train
+from deeprec import datasets, experiment, features, serve, train
 from deeprec.config import TrainConfig
 
 # The three logged models cover the per-row, per-column and constant fills and side features in
@@ -293,11 +293,12 @@ def test_unknown_columns_are_rejected_when_called_directly(logged_models: dict[s
     assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
 
 
-def test_read_titles_of_ml100k_and_of_datasets_without_titles(tmp_path: Path) -> None:
+def test_titles_of_ml100k_and_of_datasets_without_titles(tmp_path: Path) -> None:
     (tmp_path / "u.item").write_text("1|Toy Story (1995)|01-Jan-1995||http://x|0\n2|Caf\xe9 (1990)|||x|1\n", encoding="latin-1")
-    assert serve.read_titles("ml-100k", tmp_path) == {"1": "Toy Story (1995)", "2": "Caf\xe9 (1990)"}
-    assert serve.read_titles("ml-20m", tmp_path) == {}
-    assert serve.read_titles("ml-1m", tmp_path) == {}  # no movies.dat: no titles, no error
+    assert features.item_titles(tmp_path / "u.item", "|") == {"1": "Toy Story (1995)", "2": "Caf\xe9 (1990)"}
+    assert features.item_titles(tmp_path / "movies.dat", "::") == {}  # no file: no titles, no error
+    no_titles = datasets.Dataset(datasets.DATASETS["ml-20m"], tmp_path, ratings=None)  # type: ignore[arg-type]
+    assert no_titles.item_titles() == {}
 
 
 # -- the real server ----------------------------------------------------------------------------
