@@ -42,6 +42,13 @@ def _whole_number(text: str) -> int:
     return int(value)
 
 
+def _boolean(text: str) -> bool:
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(str(text).strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
 def _header(text: str) -> bool | None:
     return {"auto": None, "yes": True, "no": False}[text]
 
@@ -52,6 +59,23 @@ def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--header", choices=("auto", "yes", "no"), default="auto", help="csv:PATH only: is the first line a header")
     parser.add_argument("--scale", type=_scale, default=None, metavar="MIN,MAX", help="csv:PATH only: rating scale (default: from the data)")
     parser.add_argument("--duplicates", choices=DUPLICATE_POLICIES, default="error", help="duplicate (user, item) ratings: error (default) or keep the last")
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field. Every option takes a value (`--tied true`), exactly like
+    `mlflow run . -P tied=true`."""
+    defaults = TrainConfig().to_params()
+    for name, doc in FIELD_DOCS.items():
+        parser.add_argument(f"--{name}", default=defaults[name], metavar=name.upper(), help=f"{doc} (default: {defaults[name]})")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The validated config of the parsed options, checked before anything heavy is imported."""
+    cfg = TrainConfig.from_params({name: getattr(args, name) for name in FIELD_DOCS})
+    spec = datasets.get_spec(cfg.dataset)
+    if cfg.split in CANONICAL_SPLITS and spec.url is not None and spec.name != "ml-100k":
+        raise DeeprecError(f"split: {cfg.split} is ML-100K's canonical fold; use dataset=ml-100k")
+    return cfg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,12 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_args(verify)
 
     train = commands.add_parser("train", help="train and evaluate one model, logged as an MLflow run")
-    defaults = TrainConfig().to_params()
-    for name, doc in FIELD_DOCS.items():
-        # Every option takes a value (`--tied true`), exactly like `mlflow run . -P tied=true`.
-        train.add_argument(f"--{name}", default=defaults[name], metavar=name.upper(), help=f"{doc} (default: {defaults[name] or 'empty'})")
+    add_config_options(train)
     train.add_argument("--run-name", default=None, help="MLflow run name")
     train.add_argument("--json", action="store_true", help="print one JSON object with the run id and test metrics last")
+
+    cross = commands.add_parser("cv", help="K-fold cross-validation over the non-test ratings, one parent run with a nested run per fold")
+    add_config_options(cross)
+    cross.add_argument("--folds", type=_whole_number, default=5, help="number of folds (default 5)")
+    cross.add_argument("--refit", nargs="?", const=True, default=False, type=_boolean, metavar="true|false",
+                       help="then retrain on all non-test ratings for the CV-chosen epochs and evaluate on test once")
+    cross.add_argument("--run-name", default=None, help="MLflow run name of the parent run")
+    cross.add_argument("--json", action="store_true", help="print one JSON object with the run id and CV (and test) metrics last")
 
     recommend = commands.add_parser("recommend", help="top-N unseen items for a user, from a trained run's recommender")
     recommend.add_argument("--run-id", required=True, help="the MLflow run of `deeprec train`")
@@ -191,11 +220,7 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    # Validate every parameter before anything heavy is imported or loaded.
-    cfg = TrainConfig.from_params({name: getattr(args, name) for name in FIELD_DOCS})
-    spec = datasets.get_spec(cfg.dataset)
-    if cfg.split in CANONICAL_SPLITS and spec.url is not None and spec.name != "ml-100k":
-        raise DeeprecError(f"split: {cfg.split} is ML-100K's canonical fold; use dataset=ml-100k")
+    cfg = config_from_args(args)
     from deeprec import tracking  # heavy (TensorFlow, MLflow): imported only once the config is valid
 
     log.info("%s", tracking.tracking_summary())
@@ -208,6 +233,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         for key in ("test_rmse", "test_mae", "test_rmse_user_avg", "baseline_user_item_bias_rmse", "precision_at_10", "recall_at_10", "ndcg_at_10", "best_valid_rmse", "best_epoch", "seconds_per_epoch"):
             if key in result.metrics:
                 print(f"  {key:<30} {result.metrics[key]:.4f}")
+    return 0
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if args.folds < 2:
+        raise DeeprecError(f"folds: need at least 2, got {args.folds}")
+    from deeprec import tracking  # heavy: imported only once the config is valid
+
+    log.info("%s", tracking.tracking_summary())
+    run_id, result, test = tracking.track_cv(cfg, args.folds, refit=args.refit, run_name=args.run_name)
+    summary = {"run_id": run_id, **result.metrics(), "fold_valid_rmse": result.scores.tolist(), **test}
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"run {run_id}")
+    print(f"  validation RMSE over {args.folds} folds: {result.mean:.4f} ± {result.std:.4f}  (folds: {', '.join(f'{x:.4f}' for x in result.scores)})")
+    print(f"  CV-chosen epochs: {result.chosen_epochs}")
+    for key in ("test_rmse", "test_rmse_user_avg", "test_mae"):
+        if key in test:
+            print(f"  refit {key:<22} {test[key]:.4f}")
     return 0
 
 
@@ -236,6 +282,7 @@ COMMANDS = {
     ("data", "info"): cmd_data_info,
     ("data", "verify"): cmd_data_verify,
     ("train", None): cmd_train,
+    ("cv", None): cmd_cv,
     ("recommend", None): cmd_recommend,
 }
 

@@ -44,11 +44,16 @@ class Prepared:
     data: TrainingData
 
 
-def prepare(cfg: TrainConfig) -> Prepared:
-    """Load, split and build the matrices a config asks for (the expensive part)."""
-    spec = datasets.get_spec(cfg.dataset)
-    dataset = datasets.load(spec)
-    split = make_split(cfg.split, dataset.ratings.users)
+def prepare(cfg: TrainConfig, dataset: datasets.Dataset | None = None, split: Split | None = None) -> Prepared:
+    """Load, split and build the matrices a config asks for (the expensive part).
+
+    A loaded `dataset` and a ready `split` (a CV fold, a refit on all non-test data) can be given
+    so that several trainings share one load.
+    """
+    if dataset is None:
+        dataset = datasets.load(datasets.get_spec(cfg.dataset))
+    if split is None:
+        split = make_split(cfg.split, dataset.ratings.users)
     matrices = build_matrices(dataset.ratings, split, orientation=cfg.orientation, fill=cfg.fill)
     side = None
     if cfg.side_info != "none":

@@ -26,7 +26,7 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 from mlflow.models import infer_signature  # noqa: E402
 
-from deeprec import __version__, experiment, serve  # noqa: E402
+from deeprec import __version__, cv, experiment, serve  # noqa: E402
 from deeprec.config import TrainConfig  # noqa: E402
 from deeprec.models import untie  # noqa: E402
 from deeprec.train import TrainingDiverged, model_inputs  # noqa: E402
@@ -102,16 +102,82 @@ def log_models(model, prepared: experiment.Prepared, cfg: TrainConfig) -> None:
     serve.log_recommender(plain, prepared, cfg, name="recommender")
 
 
+def _start_tags(cfg: TrainConfig, prepared_dataset, extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {
+        "dataset": cfg.dataset, "dataset_digest": prepared_dataset.digest, "split": cfg.split, "seed": str(cfg.seed),
+        "deeprec_version": __version__, **(extra or {}),
+    }
+
+
+def fold_figure(folds: list[cv.FoldResult]) -> plt.Figure:
+    """Validation RMSE per epoch, one line per fold, with each fold's best marked."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for fold in folds:
+        epochs = [h["epoch"] for h in fold.history]
+        ax.plot(epochs, [h["valid_rmse"] for h in fold.history], label=f"fold {fold.fold + 1}")
+        ax.scatter([fold.best_epoch], [fold.best_valid_rmse], s=20)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation RMSE")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def track_cv(cfg: TrainConfig, folds: int, refit: bool = False, run_name: str | None = None) -> tuple[str, cv.CVResult, dict[str, float]]:
+    """One parent run (mean ± std over folds, per-fold metrics with step=fold, a fold plot) and one
+    nested run per fold with its per-epoch curves; with `refit`, a nested "refit" run trained on
+    all non-test ratings for the CV-chosen epochs and evaluated on the test split once."""
+    cfg.validate()
+    dataset = experiment.datasets.load(experiment.datasets.get_spec(cfg.dataset))
+    _, splits = cv.fold_splits(cfg, dataset, folds)
+    results: list[cv.FoldResult] = []
+    with mlflow.start_run(run_name=run_name or f"cv {folds} folds") as parent:
+        log_config(cfg)
+        mlflow.log_param("folds", folds)
+        mlflow.set_tags(_start_tags(cfg, dataset, {"deeprec.kind": "cv"}))
+        for fold, split in enumerate(splits):
+            with mlflow.start_run(run_name=f"fold {fold + 1}/{folds}", nested=True):
+                log_config(cfg)
+                mlflow.log_param("fold", fold + 1)
+                mlflow.set_tags(_start_tags(cfg, dataset, {"deeprec.kind": "cv-fold"}))
+                result = cv.run_fold(cfg, dataset, split, fold, on_epoch=lambda _, r: mlflow.log_metrics({k: v for k, v in r.items() if k != "epoch"}, step=r["epoch"]))
+                mlflow.log_metrics({"best_valid_rmse": result.best_valid_rmse, "best_epoch": float(result.best_epoch)})
+                log_history(result.history)
+            results.append(result)
+            mlflow.log_metrics({"fold_valid_rmse": result.best_valid_rmse, "fold_best_epoch": float(result.best_epoch)}, step=fold + 1)
+        summary = cv.CVResult(results)
+        mlflow.log_metrics(summary.metrics())
+        fig = fold_figure(results)
+        mlflow.log_figure(fig, "curves/folds.png")
+        plt.close(fig)
+        test_metrics: dict[str, float] = {}
+        if refit:
+            test_metrics = _tracked_refit(cfg, summary.chosen_epochs, dataset)
+            mlflow.log_metrics(test_metrics)
+        return parent.info.run_id, summary, test_metrics
+
+
+def _tracked_refit(cfg: TrainConfig, epochs: int, dataset, tags: dict[str, str] | None = None) -> dict[str, float]:
+    """A nested run: train on all non-test ratings for `epochs`, evaluate on the test split once."""
+    with mlflow.start_run(run_name="refit", nested=True):
+        refit_cfg = cfg.replace(epochs=epochs, patience=0)
+        log_config(refit_cfg)
+        mlflow.set_tags(_start_tags(cfg, dataset, {"deeprec.kind": "refit", **(tags or {})}))
+        outcome = cv.refit(cfg, epochs, dataset, on_epoch=lambda r: mlflow.log_metrics({k: v for k, v in r.items() if k != "epoch"}, step=r["epoch"]))
+        test = {k: v for k, v in outcome.metrics.items() if k.startswith(("test_", "baseline_", "precision", "recall", "ndcg"))}
+        mlflow.log_metrics(outcome.metrics)
+        log_history(outcome.history)
+        return test
+
+
 def train_tracked(cfg: TrainConfig, run_name: str | None = None, tags: dict[str, str] | None = None, nested: bool = False) -> RunResult:
     """Prepare data, train, evaluate and log one run; return its id, final metrics and history."""
     cfg.validate()
     prepared = experiment.prepare(cfg)
     with mlflow.start_run(run_name=run_name, nested=nested) as run:
         log_config(cfg)
-        mlflow.set_tags({
-            "dataset": cfg.dataset, "dataset_digest": prepared.dataset.digest, "split": cfg.split, "seed": str(cfg.seed),
-            "deeprec_version": __version__, **(tags or {}),
-        })
+        mlflow.set_tags(_start_tags(cfg, prepared.dataset, tags))
         mlflow.log_input(dataset_input(prepared), context="training")
         history: list[dict] = []
 

@@ -170,7 +170,10 @@ def observed_errors(predict: Callable[[np.ndarray], np.ndarray], targets_by_name
 
 
 def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = None) -> tuple[keras.Model, list[dict]]:
-    """Train with early stopping on validation RMSE; return the model with its best weights."""
+    """Train with early stopping on validation RMSE; return the model with its best weights.
+
+    `on_epoch` receives each epoch's record; it may raise (e.g. optuna.TrialPruned) to stop early.
+    """
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(cfg, data)
     stepper = _Stepper(cfg, model, data)
@@ -202,9 +205,9 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
         seconds = time.perf_counter() - tick
         record = {"epoch": epoch, "train_loss": train_loss, **errors, "seconds": seconds, "train_seconds": train_seconds}
         history.append(record)
-        monitored = errors.get("valid_rmse", errors["train_rmse"])
-        if monitored < best_rmse:
-            best_rmse, best_weights, best_epoch = monitored, model.get_weights(), epoch
+        # Without validation data (a refit on all non-test ratings) the last weights are kept.
+        if has_valid and errors["valid_rmse"] < best_rmse:
+            best_rmse, best_weights, best_epoch = errors["valid_rmse"], model.get_weights(), epoch
         elapsed = time.perf_counter() - started
         left = elapsed / epoch * (cfg.epochs - epoch)
         log.info(
@@ -213,7 +216,7 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
         )
         if on_epoch is not None:
             on_epoch(record)
-        if cfg.patience and epoch - best_epoch >= cfg.patience:
+        if has_valid and cfg.patience and epoch - best_epoch >= cfg.patience:
             log.info("early stop at epoch %d: no better validation RMSE since epoch %d", epoch, best_epoch)
             break
     if best_weights is not None:

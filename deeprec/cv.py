@@ -1,0 +1,110 @@
+"""K-fold cross-validation over the non-test ratings (no MLflow here; see tracking.track_cv).
+
+The test split of `cfg.split` is set aside first and never touched: the K folds partition the
+remaining (train + validation) ratings, stratified by user, seeded by `cfg.seed`, so the same
+seed gives the same folds on every call. Each fold trains with early stopping on its validation
+fold. The CV score is the mean of the folds' best validation RMSE (per rating); its spread is the
+population standard deviation across folds (numpy's default, ddof=0). `refit` retrains on all
+non-test ratings for the CV-chosen number of epochs (the folds' mean best epoch, rounded) and
+evaluates on the test split once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from deeprec import datasets, experiment
+from deeprec.config import TrainConfig
+from deeprec.errors import DeeprecError
+from deeprec.splits import Split, kfold_splits, make_split
+
+DEFAULT_FOLDS = 5
+
+FoldEpochCallback = Callable[[int, dict], None]  # (fold index from 0, epoch record)
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    fold: int  # 0-based
+    best_valid_rmse: float
+    best_epoch: int
+    history: list[dict]
+
+
+@dataclass(frozen=True)
+class CVResult:
+    folds: list[FoldResult]
+
+    @property
+    def scores(self) -> np.ndarray:
+        return np.array([f.best_valid_rmse for f in self.folds])
+
+    @property
+    def mean(self) -> float:
+        return float(self.scores.mean())
+
+    @property
+    def std(self) -> float:
+        return float(self.scores.std())  # ddof=0: the spread of these K folds
+
+    @property
+    def chosen_epochs(self) -> int:
+        return max(1, int(round(np.mean([f.best_epoch for f in self.folds]))))
+
+    def metrics(self) -> dict[str, float]:
+        return {"cv_valid_rmse_mean": self.mean, "cv_valid_rmse_std": self.std, "cv_chosen_epochs": float(self.chosen_epochs)}
+
+
+def fold_splits(cfg: TrainConfig, dataset: datasets.Dataset, folds: int) -> tuple[Split, list[Split]]:
+    """The base split (whose test part is held out) and K fold splits of its non-test ratings."""
+    if folds < 2:
+        raise DeeprecError(f"folds: need at least 2, got {folds}")
+    base = make_split(cfg.split, dataset.ratings.users)
+    pool = np.sort(np.concatenate([base.train, base.valid]))
+    pairs = kfold_splits(dataset.ratings.users, folds, seed=cfg.seed, pool=pool)
+    return base, [
+        Split(f"{cfg.split}-fold{i + 1}of{folds}", cfg.seed, train, valid, base.test) for i, (train, valid) in enumerate(pairs)
+    ]
+
+
+def run_fold(cfg: TrainConfig, dataset: datasets.Dataset, split: Split, fold: int, on_epoch: FoldEpochCallback | None = None) -> FoldResult:
+    """Train one fold with early stopping on its validation ratings."""
+    from deeprec.train import fit  # TensorFlow: imported when a model is trained
+
+    prepared = experiment.prepare(cfg, dataset=dataset, split=split)
+    _, history = fit(cfg, prepared.data, on_epoch=None if on_epoch is None else (lambda record: on_epoch(fold, record)))
+    valid = [h["valid_rmse"] for h in history]
+    best = int(np.argmin(valid))
+    return FoldResult(fold, float(valid[best]), int(history[best]["epoch"]), history)
+
+
+def cross_validate(
+    cfg: TrainConfig,
+    folds: int = DEFAULT_FOLDS,
+    dataset: datasets.Dataset | None = None,
+    on_epoch: FoldEpochCallback | None = None,
+    on_fold: Callable[[FoldResult], None] | None = None,
+) -> CVResult:
+    """Train every fold in turn; `on_fold` sees each result as soon as it is known."""
+    dataset = dataset or datasets.load(datasets.get_spec(cfg.dataset))
+    _, splits = fold_splits(cfg, dataset, folds)
+    results = []
+    for fold, split in enumerate(splits):
+        result = run_fold(cfg, dataset, split, fold, on_epoch)
+        results.append(result)
+        if on_fold is not None:
+            on_fold(result)
+    return CVResult(results)
+
+
+def refit(cfg: TrainConfig, epochs: int, dataset: datasets.Dataset | None = None, on_epoch: Callable[[dict], None] | None = None) -> experiment.Outcome:
+    """Train on all non-test ratings for `epochs` epochs (no early stopping), evaluate on test once."""
+    dataset = dataset or datasets.load(datasets.get_spec(cfg.dataset))
+    base = make_split(cfg.split, dataset.ratings.users)
+    empty = np.array([], dtype=np.int64)
+    everything = Split(f"{cfg.split}-refit", base.seed, np.sort(np.concatenate([base.train, base.valid])), empty, base.test)
+    refit_cfg = cfg.replace(epochs=epochs, patience=0)
+    return experiment.run(refit_cfg, experiment.prepare(refit_cfg, dataset=dataset, split=everything), on_epoch=on_epoch)

@@ -1,0 +1,93 @@
+"""Cross-validation: folds over the non-test ratings, aggregation, refit, and the MLflow runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import synthetic_ratings, write_ml1m
+from deeprec import cv, datasets
+from deeprec.config import TrainConfig
+from deeprec.errors import DeeprecError
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    write_ml1m(tmp_path / "data" / "ml-1m", synthetic_ratings(n_users=40, n_items=25, per_user=(12, 20), seed=6))
+    monkeypatch.setenv("DEEPREC_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    mlflow.set_experiment("Default")
+    return tmp_path
+
+
+TINY = dict(orientation="user", arch="6", epochs=2, batch_size=8, patience=0)
+
+
+def test_folds_partition_the_non_test_ratings(workspace: Path) -> None:
+    cfg = TrainConfig(**TINY).validate()
+    dataset = datasets.load(datasets.get_spec("ml-1m"))
+    base, folds = cv.fold_splits(cfg, dataset, 3)
+    pool = np.sort(np.concatenate([base.train, base.valid]))
+    np.testing.assert_array_equal(np.sort(np.concatenate([f.valid for f in folds])), pool)
+    for fold in folds:
+        np.testing.assert_array_equal(fold.test, base.test)  # the test split is set aside, untouched
+        assert not np.intersect1d(fold.train, base.test).size and not np.intersect1d(fold.valid, base.test).size
+        np.testing.assert_array_equal(np.sort(np.concatenate([fold.train, fold.valid])), pool)
+    _, again = cv.fold_splits(cfg, dataset, 3)
+    assert all(np.array_equal(a.valid, b.valid) for a, b in zip(folds, again))  # same seed, same folds
+    _, other = cv.fold_splits(cfg.replace(seed=7), dataset, 3)
+    assert not np.array_equal(folds[0].valid, other[0].valid)
+    with pytest.raises(DeeprecError, match="folds: need at least 2"):
+        cv.fold_splits(cfg, dataset, 1)
+
+
+def test_aggregation_against_hand_computed_values() -> None:
+    folds = [cv.FoldResult(i, rmse, epoch, []) for i, (rmse, epoch) in enumerate([(0.90, 10), (0.86, 13), (0.88, 14)])]
+    result = cv.CVResult(folds)
+    assert result.mean == pytest.approx(0.88)
+    # population std: sqrt(((0.02)^2 + (0.02)^2 + 0) / 3) = 0.0163299...
+    assert result.std == pytest.approx(np.sqrt(0.0008 / 3))
+    assert result.chosen_epochs == 12  # mean of 10, 13, 14 = 12.33 -> 12
+    assert result.metrics() == {"cv_valid_rmse_mean": pytest.approx(0.88), "cv_valid_rmse_std": pytest.approx(np.sqrt(0.0008 / 3)), "cv_chosen_epochs": 12.0}
+
+
+def test_tracked_cv_with_refit(workspace: Path, capsys: pytest.CaptureFixture) -> None:
+    from deeprec.cli import main
+
+    assert main(["cv", "--folds", "2", "--refit", "--json", *[f"--{k}={v}" for k, v in TINY.items()]]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    client = MlflowClient()
+    parent = client.get_run(summary["run_id"])
+    assert parent.data.params["folds"] == "2" and parent.data.params["arch"] == "6"
+    folds = [m.value for m in client.get_metric_history(parent.info.run_id, "fold_valid_rmse")]
+    assert len(folds) == 2 and [m.step for m in client.get_metric_history(parent.info.run_id, "fold_valid_rmse")] == [1, 2]
+    assert parent.data.metrics["cv_valid_rmse_mean"] == pytest.approx(np.mean(folds))
+    assert parent.data.metrics["cv_valid_rmse_std"] == pytest.approx(np.std(folds))
+    assert np.isfinite(parent.data.metrics["test_rmse"])  # the refit's test metrics, on the parent too
+    assert "curves/folds.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "curves")}
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    names = sorted(r.info.run_name for r in children)
+    assert names == ["fold 1/2", "fold 2/2", "refit"]
+    for child in children:
+        history = client.get_metric_history(child.info.run_id, "train_rmse")
+        assert [m.step for m in history] == [1, 2]  # per-epoch curves on every child
+    refit = next(r for r in children if r.info.run_name == "refit")
+    assert refit.data.params["epochs"] == str(int(parent.data.metrics["cv_chosen_epochs"]))
+    assert refit.data.metrics["test_ratings"] > 0 and "valid_rmse" not in refit.data.metrics
+
+
+def test_refit_trains_on_every_non_test_rating(workspace: Path) -> None:
+    cfg = TrainConfig(**TINY).validate()
+    dataset = datasets.load(datasets.get_spec("ml-1m"))
+    outcome = cv.refit(cfg, epochs=3, dataset=dataset)
+    assert [h["epoch"] for h in outcome.history] == [1, 2, 3]  # no early stopping without validation
+    base, _ = cv.fold_splits(cfg, dataset, 2)
+    assert outcome.metrics["test_ratings"] == len(base.test)
