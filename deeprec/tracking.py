@@ -24,6 +24,7 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
+from mlflow.data.http_dataset_source import HTTPDatasetSource  # noqa: E402
 from mlflow.models import infer_signature  # noqa: E402
 
 from deeprec import __version__, cv, experiment, serve  # noqa: E402
@@ -52,11 +53,13 @@ def log_config(cfg: TrainConfig) -> None:
 
 
 def dataset_input(prepared: experiment.Prepared) -> mlflow.data.dataset.Dataset:
-    ratings = prepared.dataset.ratings
-    frame = pd.DataFrame({"user": ratings.users, "item": ratings.items, "rating": ratings.values})
-    return mlflow.data.from_pandas(
-        frame, source=str(prepared.dataset.folder), name=prepared.dataset.spec.name, targets="rating", digest=prepared.dataset.digest[:16]
-    )
+    """The ratings as an MLflow dataset: name, our digest (MD5 of the ratings file), and the
+    GroupLens URL as source for registered datasets (the local file for csv: datasets)."""
+    ratings, spec = prepared.dataset.ratings, prepared.dataset.spec
+    # Ids as text: they are labels, and MLflow's schema inference warns about integer columns.
+    frame = pd.DataFrame({"user": ratings.users.astype(str), "item": ratings.items.astype(str), "rating": ratings.values})
+    source = HTTPDatasetSource(spec.url) if spec.url else str(ratings.source)
+    return mlflow.data.from_pandas(frame, source=source, name=spec.name, targets="rating", digest=prepared.dataset.digest[:16])
 
 
 def curve_figures(history: list[dict]) -> dict[str, plt.Figure]:
