@@ -109,6 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
     cross.add_argument("--run-name", default=None, help="MLflow run name of the parent run")
     cross.add_argument("--json", action="store_true", help="print one JSON object with the run id and CV (and test) metrics last")
 
+    sweep = commands.add_parser("sweep", help="run every row x seed of an experiment file as MLflow runs under one parent")
+    sweep.add_argument("experiment", help="an experiments/*.yaml file")
+    sweep.add_argument("--seeds", type=_whole_number, default=1, help="seeds per row (default 1)")
+    sweep.add_argument("--max-parallel", type=_whole_number, default=1, help="rows trained at once, in worker processes (default 1)")
+    sweep.add_argument("--epochs", type=_whole_number, default=None, help="override every row's epochs: a smoke sweep, tagged as such")
+    sweep.add_argument("--json", action="store_true", help="print one JSON summary object last")
+
+    report = commands.add_parser("report", help="the tracked runs of an experiment file beside the published numbers")
+    report.add_argument("experiment", help="an experiments/*.yaml file")
+    report.add_argument("--json", action="store_true", help='print {"rows": [...]} as one JSON object last')
+
     recommend = commands.add_parser("recommend", help="top-N unseen items for a user, from a trained run's recommender")
     recommend.add_argument("--run-id", required=True, help="the MLflow run of `deeprec train`")
     recommend.add_argument("--user", required=True, help="a raw user id from the training data")
@@ -257,6 +268,30 @@ def cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from deeprec import sweep
+
+    sweep.load_experiment(args.experiment)  # every row validated before anything runs
+    summary = sweep.run_sweep(args.experiment, seeds=args.seeds, max_parallel=args.max_parallel, epochs=args.epochs)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"sweep {summary['sweep']}: {summary['ran']} run(s) done, {summary['skipped']} already finished, "
+              f"{summary['failed']} failed (parent run {summary['parent_run_id']})")
+    return EXIT_FAILED if summary["failed"] else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from deeprec import report, sweep
+
+    experiment = sweep.load_experiment(args.experiment)
+    rows, table = report.report(experiment)
+    print(table)
+    if args.json:
+        print(json.dumps(report.as_json(rows)))
+    return 0
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise DeeprecError(f"-n must be at least 1, got {args.n}")
@@ -283,6 +318,8 @@ COMMANDS = {
     ("data", "verify"): cmd_data_verify,
     ("train", None): cmd_train,
     ("cv", None): cmd_cv,
+    ("sweep", None): cmd_sweep,
+    ("report", None): cmd_report,
     ("recommend", None): cmd_recommend,
 }
 

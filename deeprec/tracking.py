@@ -174,11 +174,13 @@ def _tracked_refit(cfg: TrainConfig, epochs: int, dataset, tags: dict[str, str] 
         return test
 
 
-def train_tracked(cfg: TrainConfig, run_name: str | None = None, tags: dict[str, str] | None = None, nested: bool = False) -> RunResult:
+def train_tracked(
+    cfg: TrainConfig, run_name: str | None = None, tags: dict[str, str] | None = None, nested: bool = False, parent_run_id: str | None = None
+) -> RunResult:
     """Prepare data, train, evaluate and log one run; return its id, final metrics and history."""
     cfg.validate()
     prepared = experiment.prepare(cfg)
-    with mlflow.start_run(run_name=run_name, nested=nested) as run:
+    with mlflow.start_run(run_name=run_name, nested=nested, parent_run_id=parent_run_id) as run:
         log_config(cfg)
         mlflow.set_tags(_start_tags(cfg, prepared.dataset, tags))
         mlflow.log_input(dataset_input(prepared), context="training")

@@ -1,0 +1,124 @@
+"""`deeprec report`: the tracked runs of a sweep beside the published numbers.
+
+For each row: the published value, ours as mean ± std over seeds (population std, ddof=0) of
+`test_rmse_user_avg` (the report's per-user-averaged metric) and `test_rmse` (per rating), and
+the difference on the experiment's metric (ours − published; negative is better). Full runs are
+used when a row has any; otherwise its smoke runs, marked as such — the two are never averaged
+together.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from deeprec.sweep import TAG_KIND, TAG_ROW, TAG_SMOKE, TAG_SWEEP, Experiment
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    name: str
+    published: float | None
+    measured_user_avg: float | None
+    measured_rmse: float | None
+    std: float | None  # spread over seeds of the experiment's metric
+    runs: int
+    smoke: bool
+
+    def difference(self, metric: str) -> float | None:
+        ours = self.measured_user_avg if metric == "test_rmse_user_avg" else self.measured_rmse
+        return None if ours is None or self.published is None else ours - self.published
+
+
+def collect(experiment: Experiment) -> list[ReportRow]:
+    """One ReportRow per experiment row, from the FINISHED runs of its sweep."""
+    import mlflow
+
+    runs = mlflow.search_runs(
+        filter_string=f"tags.`{TAG_SWEEP}` = '{experiment.name}' and tags.`{TAG_KIND}` = 'sweep-run' and attributes.status = 'FINISHED'",
+        output_format="list",
+    )
+    rows = []
+    for row in experiment.rows:
+        mine = [r for r in runs if r.data.tags.get(TAG_ROW) == row.name]
+        full = [r for r in mine if r.data.tags.get(TAG_SMOKE) != "true"]
+        chosen, smoke = (full, False) if full else (mine, bool(mine))
+        user_avg = [r.data.metrics["test_rmse_user_avg"] for r in chosen if "test_rmse_user_avg" in r.data.metrics]
+        rmse = [r.data.metrics["test_rmse"] for r in chosen if "test_rmse" in r.data.metrics]
+        spread = user_avg if experiment.metric == "test_rmse_user_avg" else rmse
+        rows.append(ReportRow(
+            row.name, row.published, _mean(user_avg), _mean(rmse), float(np.std(spread)) if spread else None, len(chosen), smoke,
+        ))
+    return rows
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def markdown(experiment: Experiment, rows: list[ReportRow]) -> str:
+    metric_name = "per-user avg" if experiment.metric == "test_rmse_user_avg" else "per rating"
+    lines = [
+        f"### {experiment.title}",
+        "",
+        f"Published metric: {metric_name} test RMSE. Ours: mean ± std over seeds.",
+        "",
+        "| row | published | ours, per-user avg | ours, per rating | difference | runs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        std = f" ± {_fmt(r.std)}" if r.std is not None and r.runs > 1 else ""
+        user_avg = _fmt(r.measured_user_avg) + (std if experiment.metric == "test_rmse_user_avg" else "")
+        rmse = _fmt(r.measured_rmse) + (std if experiment.metric == "test_rmse" else "")
+        diff = r.difference(experiment.metric)
+        runs = f"{r.runs}" + (" (smoke)" if r.smoke else "")
+        lines.append(f"| {r.name} | {_fmt(r.published)} | {user_avg} | {rmse} | {'—' if diff is None else f'{diff:+.4f}'} | {runs} |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(experiment: Experiment, rows: list[ReportRow]):
+    """Published vs measured per row (the experiment's metric), with the seed spread as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ours = [r.measured_user_avg if experiment.metric == "test_rmse_user_avg" else r.measured_rmse for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) + 2), 4))
+    ax.scatter(x, [np.nan if r.published is None else r.published for r in rows], marker="s", label="published")
+    ax.errorbar(x, [np.nan if v is None else v for v in ours], yerr=[0 if r.std is None else r.std for r in rows], fmt="o", capsize=3, label="ours")
+    ax.set_xticks(x, [r.name + (" *" if r.smoke else "") for r in rows], rotation=30, ha="right")
+    ax.set_ylabel(experiment.metric)
+    ax.set_title(experiment.title + ("  (* smoke runs)" if any(r.smoke for r in rows) else ""))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def report(experiment: Experiment) -> tuple[list[ReportRow], str]:
+    """Collect the rows, and log the table and the plot to the sweep's parent run when it exists."""
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    rows = collect(experiment)
+    table = markdown(experiment, rows)
+    parents = mlflow.search_runs(filter_string=f"tags.`{TAG_SWEEP}` = '{experiment.name}' and tags.`{TAG_KIND}` = 'sweep'", output_format="list")
+    if parents:
+        with mlflow.start_run(run_id=parents[0].info.run_id):
+            mlflow.log_text(table, f"report/{experiment.name}.md")
+            fig = figure(experiment, rows)
+            mlflow.log_figure(fig, f"report/{experiment.name}.png")
+            plt.close(fig)
+    return rows, table
+
+
+def as_json(rows: list[ReportRow]) -> dict:
+    return {"rows": [{k: v for k, v in asdict(r).items()} for r in rows]}

@@ -1,0 +1,205 @@
+"""Experiment files (`experiments/*.yaml`) and `deeprec sweep`: every row x seed one MLflow run.
+
+An experiment file is one table or figure of the report:
+
+    name: architectures               # the sweep's name (tag deeprec.sweep)
+    title: Deep AutoRec architectures
+    metric: test_rmse_user_avg        # the metric the published numbers are (or test_rmse)
+    base: {orientation: user, ...}    # config fields shared by every row
+    rows:
+      - name: "[512,256,512] zero"
+        published: 0.856              # or null when nothing was published for the row
+        params: {arch: "512,256,512"} # config fields of this row (override base)
+
+The whole file is validated (every row's config) before anything runs. Runs are nested under one
+parent run per sweep and tagged deeprec.sweep, deeprec.row, deeprec.seed_index and deeprec.smoke;
+running the sweep again skips the (row, seed, smoke) runs that already FINISHED. `--epochs`
+overrides every row's epochs for a quick smoke sweep: those runs are tagged smoke and the report
+never averages them with full runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from deeprec.config import ConfigError, TrainConfig
+from deeprec.errors import DeeprecError
+
+log = logging.getLogger(__name__)
+
+METRICS = ("test_rmse_user_avg", "test_rmse")
+TAG_SWEEP, TAG_ROW, TAG_SEED, TAG_SMOKE, TAG_KIND = "deeprec.sweep", "deeprec.row", "deeprec.seed_index", "deeprec.smoke", "deeprec.kind"
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    published: float | None
+    params: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    title: str
+    metric: str
+    base: dict[str, str]
+    rows: tuple[Row, ...]
+    path: Path
+
+    def config(self, row: Row, seed_index: int = 0, epochs: int | None = None) -> TrainConfig:
+        """The row's config; seed i is the base seed + i; `epochs` overrides (smoke sweeps)."""
+        params = {**self.base, **row.params}
+        cfg = TrainConfig.from_params(params)
+        changes = {"seed": cfg.seed + seed_index}
+        if epochs is not None:
+            changes["epochs"] = epochs
+        return cfg.replace(**changes)
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Parse and fully validate an experiment file; errors name the file and the row or key."""
+    path = Path(path)
+    if not path.is_file():
+        raise DeeprecError(f"{path}: no such experiment file")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise DeeprecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(doc, dict):
+        raise DeeprecError(f"{path}: expected a mapping with name, metric, base and rows")
+    unknown = sorted(set(doc) - {"name", "title", "metric", "base", "rows", "notes"})
+    if unknown:
+        raise DeeprecError(f"{path}: unknown key {unknown[0]!r}; expected name, title, metric, base, rows, notes")
+    name = str(doc.get("name") or path.stem)
+    metric = str(doc.get("metric", "test_rmse_user_avg"))
+    if metric not in METRICS:
+        raise DeeprecError(f"{path}: metric {metric!r} must be one of {', '.join(METRICS)}")
+    base = _string_params(path, "base", doc.get("base") or {})
+    rows_doc = doc.get("rows")
+    if not isinstance(rows_doc, list) or not rows_doc:
+        raise DeeprecError(f"{path}: rows must be a non-empty list")
+    rows = []
+    for i, item in enumerate(rows_doc, start=1):
+        if not isinstance(item, dict) or "name" not in item:
+            raise DeeprecError(f"{path}: row {i} needs a name")
+        extra = sorted(set(item) - {"name", "published", "params"})
+        if extra:
+            raise DeeprecError(f"{path}: row {item['name']!r}: unknown key {extra[0]!r}; expected name, published, params")
+        published = item.get("published")
+        if published is not None and not isinstance(published, (int, float)):
+            raise DeeprecError(f"{path}: row {item['name']!r}: published must be a number or null")
+        rows.append(Row(str(item["name"]), None if published is None else float(published), _string_params(path, f"row {item['name']!r}", item.get("params") or {})))
+    names = [r.name for r in rows]
+    if len(set(names)) != len(names):
+        raise DeeprecError(f"{path}: row names must be unique")
+    experiment = Experiment(name, str(doc.get("title", name)), metric, base, tuple(rows), path)
+    for row in rows:
+        try:
+            experiment.config(row)
+        except ConfigError as exc:
+            raise DeeprecError(f"{path}: row {row.name!r}: {exc}") from None
+    return experiment
+
+
+def _string_params(path: Path, where: str, params: object) -> dict[str, str]:
+    if not isinstance(params, dict):
+        raise DeeprecError(f"{path}: {where}: params must be a mapping of config fields")
+    return {str(k): "" if v is None else (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in params.items()}
+
+
+@dataclass(frozen=True)
+class Job:
+    experiment_path: str
+    row: str
+    seed_index: int
+    epochs: int | None
+    parent_run_id: str
+
+
+def _run_job(job: Job) -> tuple[str, str]:
+    """Train one (row, seed) as a run nested under the sweep's parent; runs in a worker process."""
+    from deeprec import tracking
+
+    experiment = load_experiment(job.experiment_path)
+    row = next(r for r in experiment.rows if r.name == job.row)
+    cfg = experiment.config(row, job.seed_index, job.epochs)
+    tags = {
+        TAG_SWEEP: experiment.name, TAG_ROW: row.name, TAG_SEED: str(job.seed_index),
+        TAG_SMOKE: str(job.epochs is not None).lower(), TAG_KIND: "sweep-run",
+    }
+    result = tracking.train_tracked(cfg, run_name=f"{row.name} · seed {job.seed_index}", tags=tags, parent_run_id=job.parent_run_id)
+    return row.name, result.run_id
+
+
+def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: int | None = None) -> dict:
+    """Run every (row, seed) not already finished; return counts and the parent run id."""
+    import mlflow
+
+    if seeds < 1:
+        raise DeeprecError(f"--seeds must be at least 1, got {seeds}")
+    if max_parallel < 1:
+        raise DeeprecError(f"--max-parallel must be at least 1, got {max_parallel}")
+    if epochs is not None and epochs < 1:
+        raise DeeprecError(f"--epochs must be at least 1, got {epochs}")
+    experiment = load_experiment(path)
+    smoke = epochs is not None
+    parent_id = _parent_run(experiment)
+    done = finished_runs(experiment.name, smoke)
+    jobs = [
+        Job(str(experiment.path), row.name, s, epochs, parent_id)
+        for row in experiment.rows for s in range(seeds) if (row.name, s) not in done
+    ]
+    log.info("sweep %s: %d row(s) x %d seed(s), %d already finished, %d to run%s",
+             experiment.name, len(experiment.rows), seeds, len(experiment.rows) * seeds - len(jobs), len(jobs), " (smoke)" if smoke else "")
+    failed = []
+    if max_parallel == 1:
+        for job in jobs:
+            try:
+                _run_job(job)
+            except DeeprecError as exc:  # a diverged row fails its own run, the sweep goes on
+                log.error("%s seed %d failed: %s", job.row, job.seed_index, exc)
+                failed.append(job.row)
+    else:
+        # spawn: TensorFlow does not survive fork; each worker imports it fresh.
+        with ProcessPoolExecutor(max_workers=max_parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_run_job, job): job for job in jobs}
+            for future, job in futures.items():
+                try:
+                    future.result()
+                except DeeprecError as exc:
+                    log.error("%s seed %d failed: %s", job.row, job.seed_index, exc)
+                    failed.append(job.row)
+    with mlflow.start_run(run_id=parent_id):
+        mlflow.set_tag("deeprec.last_completed", str(len(jobs) - len(failed)))
+    return {"sweep": experiment.name, "parent_run_id": parent_id, "ran": len(jobs) - len(failed), "failed": len(failed),
+            "skipped": len(experiment.rows) * seeds - len(jobs), "smoke": smoke}
+
+
+def _parent_run(experiment: Experiment) -> str:
+    """The sweep's parent run, created on first use and found again by its tags afterwards."""
+    import mlflow
+
+    runs = mlflow.search_runs(filter_string=f"tags.`{TAG_SWEEP}` = '{experiment.name}' and tags.`{TAG_KIND}` = 'sweep'", output_format="list")
+    if runs:
+        return runs[0].info.run_id
+    with mlflow.start_run(run_name=f"sweep {experiment.name}", tags={TAG_SWEEP: experiment.name, TAG_KIND: "sweep"}) as run:
+        mlflow.log_artifact(str(experiment.path))
+        return run.info.run_id
+
+
+def finished_runs(sweep: str, smoke: bool) -> set[tuple[str, int]]:
+    """(row, seed index) pairs with a FINISHED run of this sweep and the same smoke flag."""
+    import mlflow
+
+    runs = mlflow.search_runs(
+        filter_string=f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_KIND}` = 'sweep-run' and tags.`{TAG_SMOKE}` = '{str(smoke).lower()}' and attributes.status = 'FINISHED'",
+        output_format="list",
+    )
+    return {(r.data.tags[TAG_ROW], int(r.data.tags[TAG_SEED])) for r in runs}

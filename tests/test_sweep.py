@@ -1,0 +1,102 @@
+"""Experiment files, `deeprec sweep` and `deeprec report` on tiny generated data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import synthetic_ratings, write_ml1m
+from deeprec.cli import main
+from deeprec.errors import DeeprecError
+from deeprec.sweep import TAG_ROW, TAG_SMOKE, TAG_SWEEP, load_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT_FILES = sorted(p for p in (ROOT / "experiments").glob("*.yaml") if "rows:" in p.read_text())
+
+
+@pytest.mark.parametrize("path", EXPERIMENT_FILES, ids=[p.stem for p in EXPERIMENT_FILES])
+def test_every_experiment_file_is_valid(path: Path) -> None:
+    experiment = load_experiment(path)
+    assert experiment.rows and experiment.metric in ("test_rmse_user_avg", "test_rmse")
+    assert any(r.published is not None for r in experiment.rows)
+
+
+def test_the_report_tables_are_all_there() -> None:
+    names = {p.stem for p in EXPERIMENT_FILES}
+    assert {"activations", "fills", "architectures", "noise", "side_info", "deeprec_tf", "autorec_paper", "refeed", "mask_noise"} <= names
+    assert len(load_experiment(ROOT / "experiments" / "architectures.yaml").rows) == 8
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name: x\nrows: []\n", "rows must be a non-empty list"),
+        ("name: x\nmetric: mae\nrows: [{name: a}]\n", "metric 'mae' must be one of"),
+        ("name: x\nrows: [{name: a, params: {dropout: 1.5}}]\n", "row 'a': dropout: must be a fraction"),
+        ("name: x\nrows: [{name: a, params: {learning_rate: 1}}]\n", "row 'a': learning_rate: unknown parameter"),
+        ("name: x\nrows: [{name: a, published: high}]\n", "published must be a number"),
+        ("name: x\nrows: [{name: a}, {name: a}]\n", "row names must be unique"),
+        ("name: x\nrows: [{name: a, seeds: 3}]\n", "unknown key 'seeds'"),
+        ("name: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_bad_experiment_files(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(DeeprecError, match=message.replace("(", r"\(").replace("[", r"\[")) as err:
+        load_experiment(path)
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    write_ml1m(tmp_path / "data" / "ml-1m", synthetic_ratings(n_users=30, n_items=20, per_user=(10, 16), seed=8))
+    monkeypatch.setenv("DEEPREC_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    mlflow.set_experiment("Default")
+    (tmp_path / "tiny.yaml").write_text(
+        "name: tiny\ntitle: Tiny table\nmetric: test_rmse_user_avg\n"
+        "base: {orientation: user, arch: '4', batch_size: 8, epochs: 3, patience: 0}\n"
+        "rows:\n  - {name: zero, published: 0.9, params: {fill: zero}}\n  - {name: average, published: 0.8, params: {fill: row-mean}}\n"
+    )
+    return tmp_path
+
+
+def test_sweep_resume_and_report(workspace: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["sweep", "tiny.yaml", "--seeds", "2", "--epochs", "1", "--json"]) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (first["ran"], first["skipped"], first["smoke"]) == (4, 0, True)
+    client = MlflowClient()
+    runs = client.search_runs(["0"], f"tags.`{TAG_SWEEP}` = 'tiny' and tags.`mlflow.parentRunId` = '{first['parent_run_id']}'")
+    assert len(runs) == 4 and {r.data.tags[TAG_SMOKE] for r in runs} == {"true"}
+    assert {r.data.params["epochs"] for r in runs} == {"1"} and {r.data.params["seed"] for r in runs} == {"42", "43"}
+
+    assert main(["sweep", "tiny.yaml", "--seeds", "2", "--epochs", "1", "--json"]) == 0  # again: nothing left to do
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (again["ran"], again["skipped"], again["parent_run_id"]) == (0, 4, first["parent_run_id"])
+
+    assert main(["report", "tiny.yaml", "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    rows = json.loads(out[-1])["rows"]
+    assert [r["name"] for r in rows] == ["zero", "average"] and all(r["smoke"] and r["runs"] == 2 for r in rows)
+    smoke_values = [
+        r.data.metrics["test_rmse_user_avg"] for r in runs if r.data.tags[TAG_ROW] == "zero"
+    ]
+    assert rows[0]["measured_user_avg"] == pytest.approx(sum(smoke_values) / 2)
+    assert any("| zero | 0.9000 |" in line and "2 (smoke)" in line for line in out)
+
+    # A full run of the same sweep (no --epochs) is never averaged with the smoke runs.
+    assert main(["sweep", "tiny.yaml", "--seeds", "1", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["report", "tiny.yaml", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    assert all(not r["smoke"] and r["runs"] == 1 for r in rows)
+    parent_artifacts = {a.path for a in client.list_artifacts(first["parent_run_id"], "report")}
+    assert {"report/tiny.md", "report/tiny.png"} <= parent_artifacts
