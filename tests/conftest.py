@@ -67,6 +67,22 @@ def write_ratings_csv(path: Path, rows: np.ndarray, header: bool = True) -> Path
 
 
 @pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private sqlite MLflow store, DEEPREC_DATA_DIR=tmp_path/data and cwd=tmp_path (so MLflow's
+    default ./mlruns lands there too). Returns tmp_path."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("DEEPREC_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # set_experiment exports it; undone at teardown
+    mlflow.set_experiment("Default")  # forget the previous test's experiment id (a different store)
+    return tmp_path
+
+
+@pytest.fixture
 def rows() -> np.ndarray:
     return synthetic_ratings()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
@@ -17,15 +16,10 @@ from deeprec.errors import DeeprecError
 
 
 @pytest.fixture
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    write_ml1m(tmp_path / "data" / "ml-1m", synthetic_ratings(n_users=40, n_items=25, per_user=(12, 20), seed=6))
-    monkeypatch.setenv("DEEPREC_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    mlflow.set_experiment("Default")
-    return tmp_path
+def workspace(mlflow_store: Path) -> Path:
+    """Tiny ML-1M-format data and a private tracking store, both under tmp_path."""
+    write_ml1m(mlflow_store / "data" / "ml-1m", synthetic_ratings(n_users=40, n_items=25, per_user=(12, 20), seed=6))
+    return mlflow_store
 
 
 TINY = dict(orientation="user", arch="6", epochs=2, batch_size=8, patience=0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -53,20 +52,15 @@ def test_bad_experiment_files(tmp_path: Path, text: str, message: str) -> None:
 
 
 @pytest.fixture
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    write_ml1m(tmp_path / "data" / "ml-1m", synthetic_ratings(n_users=30, n_items=20, per_user=(10, 16), seed=8))
-    monkeypatch.setenv("DEEPREC_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    mlflow.set_experiment("Default")
-    (tmp_path / "tiny.yaml").write_text(
+def workspace(mlflow_store: Path) -> Path:
+    """Tiny ML-1M-format data, a private tracking store and a two-row experiment file."""
+    write_ml1m(mlflow_store / "data" / "ml-1m", synthetic_ratings(n_users=30, n_items=20, per_user=(10, 16), seed=8))
+    (mlflow_store / "tiny.yaml").write_text(
         "name: tiny\ntitle: Tiny table\nmetric: test_rmse_user_avg\n"
         "base: {orientation: user, arch: '4', batch_size: 8, epochs: 3, patience: 0}\n"
         "rows:\n  - {name: zero, published: 0.9, params: {fill: zero}}\n  - {name: average, published: 0.8, params: {fill: row-mean}}\n"
     )
-    return tmp_path
+    return mlflow_store
 
 
 def test_sweep_resume_and_report(workspace: Path, capsys: pytest.CaptureFixture) -> None:

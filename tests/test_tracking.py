@@ -22,16 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def workspace(mlflow_store: Path) -> Path:
     """Tiny ML-1M-format data and a private tracking store, both under tmp_path."""
-    write_ml1m(tmp_path / "data" / "ml-1m", synthetic_ratings(n_users=40, n_items=25, per_user=(10, 20), seed=2))
-    monkeypatch.setenv("DEEPREC_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root (./mlruns) lands in tmp_path too
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # set_experiment exports it; undone at teardown
-    mlflow.set_experiment("Default")  # forget the previous test's experiment id (a different store)
-    return tmp_path
+    write_ml1m(mlflow_store / "data" / "ml-1m", synthetic_ratings(n_users=40, n_items=25, per_user=(10, 20), seed=2))
+    return mlflow_store
 
 
 def test_mlflow_run_end_to_end(workspace: Path) -> None:
