@@ -66,7 +66,8 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     `mlflow run . -P tied=true`."""
     defaults = TrainConfig().to_params()
     for name, doc in FIELD_DOCS.items():
-        parser.add_argument(f"--{name}", default=defaults[name], metavar=name.upper(), help=f"{doc} (default: {defaults[name]})")
+        # argparse formats help with %: the docs' "10%" must be escaped.
+        parser.add_argument(f"--{name}", default=defaults[name], metavar=name.upper(), help=f"{doc} (default: {defaults[name]})".replace("%", "%%"))
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -108,6 +109,26 @@ def build_parser() -> argparse.ArgumentParser:
                        help="then retrain on all non-test ratings for the CV-chosen epochs and evaluate on test once")
     cross.add_argument("--run-name", default=None, help="MLflow run name of the parent run")
     cross.add_argument("--json", action="store_true", help="print one JSON object with the run id and CV (and test) metrics last")
+
+    tune = commands.add_parser("tune", help="Optuna study over CV folds: a parent MLflow run, a nested run per trial, resumable, parallel")
+    add_config_options(tune)
+    tune.add_argument("--folds", type=_whole_number, default=5, help="folds of the CV objective (default 5)")
+    tune.add_argument("--space", default=None, metavar="YAML", help="search-space file merged over the default (experiments/search_space.yaml)")
+    tune.add_argument("--n-trials", type=_whole_number, default=20, help="finished trials to add to the study (default 20)")
+    tune.add_argument("--n-workers", type=_whole_number, default=1, help="worker processes on this machine sharing the storage (default 1)")
+    tune.add_argument("--study-name", default=None, help="Optuna study (default deeprec-<dataset>-<orientation>-<arch>); an existing one is resumed")
+    tune.add_argument("--storage", default=None, metavar="URL",
+                      help="SQLAlchemy URL (sqlite:///PATH, postgresql+psycopg2://USER:PASS@HOST/DB) or journal:PATH (default optuna.db beside an SQLite MLflow store, else ./optuna.db)")
+    tune.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median", help="prune on per-epoch and per-fold validation RMSE (default median)")
+    tune.add_argument("--pruner-startup-trials", type=_whole_number, default=5, help="median pruner: complete trials before pruning starts (default 5)")
+    tune.add_argument("--pruner-warmup-steps", type=_whole_number, default=5, help="median pruner: a trial's steps before it may be pruned (default 5)")
+    tune.add_argument("--heartbeat-interval", type=_whole_number, default=10, metavar="S", help="seconds between a running trial's heartbeats (default 10)")
+    tune.add_argument("--grace-period", type=_whole_number, default=30, metavar="S", help="a running trial without heartbeat for this long is failed (default 30)")
+    tune.add_argument("--refit", nargs="?", const=True, default=True, type=_boolean, metavar="true|false",
+                      help="retrain the best config on all non-test ratings and evaluate on test once (default true)")
+    tune.add_argument("--no-refit", dest="refit", action="store_false", help="skip the refit")
+    tune.add_argument("--json", action="store_true", help="print one JSON summary object last")
+    tune.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # internal: a worker process, spec as JSON on stdin
 
     sweep = commands.add_parser("sweep", help="run every row x seed of an experiment file as MLflow runs under one parent")
     sweep.add_argument("experiment", help="an experiments/*.yaml file")
@@ -292,6 +313,31 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    if args.worker:
+        from deeprec import tune
+
+        for handler in logging.getLogger().handlers:  # several workers share the terminal
+            handler.setFormatter(logging.Formatter("[worker %(process)d] %(message)s"))
+        tune.run_worker(tune.WorkerSpec.from_json(sys.stdin.read()))
+        return 0
+    cfg = config_from_args(args)
+    from deeprec import tune  # heavy: imported only once the config is valid
+
+    space = tune.load_space(args.space or None)
+    options = tune.TuneOptions(
+        folds=args.folds, n_trials=args.n_trials, n_workers=args.n_workers, study_name=args.study_name or None, storage=args.storage or None,
+        pruner=tune.PrunerSettings(args.pruner, args.pruner_startup_trials, args.pruner_warmup_steps), refit=args.refit,
+        heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
+    )
+    result = tune.run_study(cfg, space, options)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print("\n".join(tune.summary_lines(result)))
+    return EXIT_FAILED if any(result.worker_exit_codes) else 0
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise DeeprecError(f"-n must be at least 1, got {args.n}")
@@ -320,6 +366,7 @@ COMMANDS = {
     ("cv", None): cmd_cv,
     ("sweep", None): cmd_sweep,
     ("report", None): cmd_report,
+    ("tune", None): cmd_tune,
     ("recommend", None): cmd_recommend,
 }
 

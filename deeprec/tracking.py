@@ -105,7 +105,7 @@ def log_models(model, prepared: experiment.Prepared, cfg: TrainConfig) -> None:
     serve.log_recommender(plain, prepared, cfg, name="recommender")
 
 
-def _start_tags(cfg: TrainConfig, prepared_dataset, extra: dict[str, str] | None = None) -> dict[str, str]:
+def run_tags(cfg: TrainConfig, prepared_dataset, extra: dict[str, str] | None = None) -> dict[str, str]:
     return {
         "dataset": cfg.dataset, "dataset_digest": prepared_dataset.digest, "split": cfg.split, "seed": str(cfg.seed),
         "deeprec_version": __version__, **(extra or {}),
@@ -138,12 +138,12 @@ def track_cv(cfg: TrainConfig, folds: int, refit: bool = False, run_name: str | 
     with mlflow.start_run(run_name=run_name or f"cv {folds} folds") as parent:
         log_config(cfg)
         mlflow.log_param("folds", folds)
-        mlflow.set_tags(_start_tags(cfg, dataset, {"deeprec.kind": "cv"}))
+        mlflow.set_tags(run_tags(cfg, dataset, {"deeprec.kind": "cv"}))
         for fold, split in enumerate(splits):
             with mlflow.start_run(run_name=f"fold {fold + 1}/{folds}", nested=True):
                 log_config(cfg)
                 mlflow.log_param("fold", fold + 1)
-                mlflow.set_tags(_start_tags(cfg, dataset, {"deeprec.kind": "cv-fold"}))
+                mlflow.set_tags(run_tags(cfg, dataset, {"deeprec.kind": "cv-fold"}))
                 result = cv.run_fold(cfg, dataset, split, fold, on_epoch=lambda _, r: mlflow.log_metrics({k: v for k, v in r.items() if k != "epoch"}, step=r["epoch"]))
                 mlflow.log_metrics({"best_valid_rmse": result.best_valid_rmse, "best_epoch": float(result.best_epoch)})
                 log_history(result.history)
@@ -156,22 +156,23 @@ def track_cv(cfg: TrainConfig, folds: int, refit: bool = False, run_name: str | 
         plt.close(fig)
         test_metrics: dict[str, float] = {}
         if refit:
-            test_metrics = _tracked_refit(cfg, summary.chosen_epochs, dataset)
+            _, test_metrics = tracked_refit(cfg, summary.chosen_epochs, dataset)
             mlflow.log_metrics(test_metrics)
         return parent.info.run_id, summary, test_metrics
 
 
-def _tracked_refit(cfg: TrainConfig, epochs: int, dataset, tags: dict[str, str] | None = None) -> dict[str, float]:
-    """A nested run: train on all non-test ratings for `epochs`, evaluate on the test split once."""
-    with mlflow.start_run(run_name="refit", nested=True):
+def tracked_refit(cfg: TrainConfig, epochs: int, dataset, tags: dict[str, str] | None = None) -> tuple[str, dict[str, float]]:
+    """A run (nested under the active one, if any): train on all non-test ratings for `epochs`,
+    evaluate on the test split once. Returns its run id and test metrics."""
+    with mlflow.start_run(run_name="refit", nested=True) as run:
         refit_cfg = cfg.replace(epochs=epochs, patience=0)
         log_config(refit_cfg)
-        mlflow.set_tags(_start_tags(cfg, dataset, {"deeprec.kind": "refit", **(tags or {})}))
+        mlflow.set_tags(run_tags(cfg, dataset, {"deeprec.kind": "refit", **(tags or {})}))
         outcome = cv.refit(cfg, epochs, dataset, on_epoch=lambda r: mlflow.log_metrics({k: v for k, v in r.items() if k != "epoch"}, step=r["epoch"]))
         test = {k: v for k, v in outcome.metrics.items() if k.startswith(("test_", "baseline_", "precision", "recall", "ndcg"))}
         mlflow.log_metrics(outcome.metrics)
         log_history(outcome.history)
-        return test
+        return run.info.run_id, test
 
 
 def train_tracked(
@@ -182,7 +183,7 @@ def train_tracked(
     prepared = experiment.prepare(cfg)
     with mlflow.start_run(run_name=run_name, nested=nested, parent_run_id=parent_run_id) as run:
         log_config(cfg)
-        mlflow.set_tags(_start_tags(cfg, prepared.dataset, tags))
+        mlflow.set_tags(run_tags(cfg, prepared.dataset, tags))
         mlflow.log_input(dataset_input(prepared), context="training")
         history: list[dict] = []
 

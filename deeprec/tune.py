@@ -1,0 +1,992 @@
+"""Optuna hyper-parameter tuning over cross-validation folds, tracked in MLflow (`deeprec tune`).
+
+Search space. By default `l2` (log-uniform 1e-6..1e-2), `dropout` (uniform 0..0.9) and `lr`
+(log-uniform 1e-4..1e-2), as written out in experiments/search_space.yaml. A `--space` YAML file
+is merged over that default: its `params` add parameters or replace their specs (`name: null`
+drops one, which then keeps its command-line value), its `fixed` mapping sets config fields on top
+of the command-line options (a fixed field is not searched). dataset, split, seed and epochs are
+never searched: the folds, the test split and the pruning steps must be the same for every trial.
+The whole file is validated before any training: an unknown field, a malformed spec, or a value
+that no combination of the other searched values makes valid is one DeeprecError naming the file
+and the key. A trial's config is the base config (command line + `fixed`) with the trial's values,
+parsed and validated by TrainConfig; a sampled combination that is still invalid (say
+side_info=user with orientation=item) ends that trial FAILED with the reason, without training.
+
+Objective. The mean over `folds` folds of each fold's best validation RMSE (per rating), exactly as
+`deeprec cv` computes it (cv.fold_splits + cv.run_fold): the folds partition the non-test ratings
+and the test split is never touched while tuning. Lower is better.
+
+Pruning (`median`, `hyperband` or `none`). Fold k (from 0) owns the intermediate steps
+k*(epochs+1)+1 .. (k+1)*(epochs+1): epoch e of the fold reports its validation RMSE at step
+k*(epochs+1)+e, and once the fold is done, the running mean of the completed folds' best RMSE is
+reported at the fold's last step (k+1)*(epochs+1), the fold-level check. This is the plain
+fold*epochs+epoch numbering with one step per fold kept for the fold check, so that steps only
+grow (Optuna's pruners look at a trial's last step) and each step means the same thing in every
+trial. After each report `trial.should_prune()` is asked, except after the last fold (the trial is
+complete by then). The median pruner's startup trials and warm-up steps are options; Hyperband uses
+the whole trial (folds*(epochs+1) steps) as its maximum resource.
+
+States. Optuna's COMPLETE / PRUNED / FAIL are the MLflow trial run's tag `trial_state` =
+complete / pruned / failed and its status FINISHED / KILLED / FAILED. A trial fails on an invalid
+combination, a diverged training (NaN loss) or a worker that stopped sending heartbeats. Failed
+trials do not count towards --n-trials; once this invocation has as many failed trials as
+--n-trials asked for (at least 5), its workers stop instead of sampling forever.
+
+MLflow. One parent run per study (tags `optuna_study=<name>`, `deeprec.kind=tune`), found again by
+those tags in the current experiment when the study is resumed; params = the base config, `folds`,
+`optuna_storage` (password hidden) and `search_space`, logged once. One nested run per trial
+(tag `mlflow.parentRunId` = the parent, also from worker processes) with the trial's full config,
+`trial_number`, per-epoch validation curves (step = the pruning step), per-fold metrics
+(step = fold, from 1), the CV metrics, and tags `worker_pid` / `worker_host`. At the end of every
+invocation the parent gets metrics `best_value`, `trials_complete`, `trials_pruned`,
+`trials_failed`, `wall_seconds` (this invocation), `wall_seconds_total` and `trial_seconds_total`
+(all with step = finished trials so far, so resuming extends their history instead of colliding),
+tags `best_trial_number` and `best_params`, a `best_params.json` artifact (overwritten), and
+Optuna's optimization history, parallel coordinate and parameter importance plots under
+`optuna/` (importances need two complete trials; a skipped plot leaves a `note.<plot>` tag).
+Unless refit is off, the best trial's config is then retrained on all non-test ratings for its
+CV-chosen epochs and evaluated on the test split once, as its own top-level run tagged
+`optuna_study`, `study_parent_run_id` and `best_trial_number`; its test metrics are copied to the
+parent as `refit_<metric>`.
+
+Storage. Default: an SQLite Optuna database `optuna.db` beside the MLflow store when the tracking
+URI is `sqlite:///…/x.db`, else `./optuna.db`. Any SQLAlchemy URL works
+(`postgresql+psycopg2://user:pass@host/db`, `mysql+pymysql://…`), and `journal:PATH` is Optuna's
+journal file backend. RDB storages record a heartbeat every `heartbeat_interval` seconds for each
+running trial; a RUNNING trial whose heartbeat is older than `grace_period` seconds (its worker was
+killed) is set to FAIL by the next worker that looks, and its MLflow run is marked FAILED. The
+journal backend has no heartbeat: a killed worker's trial stays RUNNING there (never counted).
+`study_name` defaults to deeprec-<dataset>-<orientation>-<arch> (plus the space file's name for a
+non-default space); an existing study of that name is resumed. The study records the base config,
+folds and search space it was created with (user attr `deeprec_setup`), and resuming it with
+different ones is refused: their trials would not be comparable.
+
+Counting. `n_trials` = that many more finished (COMPLETE or PRUNED) trials than the study had when
+the command started: target = finished_at_start + n_trials. Optuna's MaxTrialsCallback(target)
+checks only after a trial ends, so N workers could each start one more trial past the target;
+instead every worker, before each trial, counts finished trials plus the trials started during
+this invocation that are still RUNNING, and starts one only if that is below the target (with
+heartbeats it waits while the remaining slots are held by running trials: they finish, or go stale
+and fail and free their slot). A trial failed as stale whose worker later reports a result is not
+counted (Optuna refuses to update a finished trial), so nothing is counted twice. Several machines
+running the same command against one storage and one tracking server cooperate on the same
+target (each computes it when it starts) and share the study and its parent run; start the first
+one before the others, since two invocations creating a new study at the same instant could each
+create a parent run.
+
+Workers. With one worker the trials run in this process. With N > 1, N worker processes
+`python -m deeprec tune --worker` are started (fresh processes: TensorFlow does not survive a
+fork); each reads its spec as JSON on stdin (the storage URL may hold a password, which must not
+show in the process list), gives TensorFlow cores/N threads, and nests its trial runs under the
+parent by id. On Ctrl-C the workers are interrupted, so their trials end FAILED rather than stale.
+
+Reproducibility. The TPE sampler is seeded from the config seed, the number of trials the study
+had at the start and the worker index (so a resumed study or a second worker does not replay the
+first one's random start-up points). With one worker, the same command on a fresh study gives the
+same trials; with several workers the order in which trials finish (and so what TPE has seen when
+it samples) varies from run to run, so exact reproducibility is not possible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import optuna
+import sqlalchemy
+import yaml
+from mlflow.entities import Metric, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from optuna.trial import FrozenTrial, TrialState
+
+from deeprec import __version__, cv, datasets, tracking
+from deeprec.config import ConfigError, TrainConfig
+from deeprec.errors import DeeprecError
+from deeprec.splits import Split
+
+log = logging.getLogger(__name__)
+
+PRUNERS = ("median", "hyperband", "none")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+TAG_STUDY, TAG_KIND, TAG_STATE = "optuna_study", "deeprec.kind", "trial_state"
+SETUP_ATTR = "deeprec_setup"  # study user attr: what the study was created with (checked on resume)
+MIN_FAILURE_BUDGET = 5
+MAX_COMBINATIONS = 4096  # cap on the combinations tried when checking a space value
+DEFAULT_HEARTBEAT_INTERVAL = 10
+DEFAULT_GRACE_PERIOD = 30
+SQLITE_BUSY_TIMEOUT_S = 60  # several worker processes write to one SQLite file
+
+# --------------------------------------------------------------------------- search space
+
+NOT_SEARCHABLE = {
+    "dataset": "every trial must see the same data",
+    "split": "every trial must hold out the same test ratings",
+    "seed": "the folds depend on it; fix it instead",
+    "epochs": "the pruning steps depend on it; early stopping (patience) picks the epochs",
+}
+SPEC_KEYS = {"float": ("type", "low", "high", "log", "step"), "int": ("type", "low", "high", "log", "step"), "categorical": ("type", "choices")}
+FIELD_KINDS = {f.name: str(f.type).split("|")[0].strip() for f in dataclasses.fields(TrainConfig)}
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One searched parameter: a float or int range (optionally log-scaled or stepped) or choices."""
+
+    kind: str  # float | int | categorical
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        if self.kind == "float":
+            return trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
+        if self.kind == "int":
+            return trial.suggest_int(name, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return trial.suggest_categorical(name, list(self.choices))
+
+    def candidates(self) -> tuple[Any, ...]:
+        """The values checked against the config before any training: the bounds or the choices."""
+        if self.kind == "categorical":
+            return self.choices
+        cast = int if self.kind == "int" else float
+        return (cast(self.low), cast(self.high))
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.kind == "categorical":
+            return {"type": "categorical", "choices": list(self.choices)}
+        spec: dict[str, Any] = {"type": self.kind, "low": self.low, "high": self.high, "log": self.log}
+        if self.step is not None:
+            spec["step"] = self.step
+        return spec
+
+
+DEFAULT_PARAMS: dict[str, ParamSpec] = {
+    "l2": ParamSpec("float", 1e-6, 1e-2, log=True),
+    "dropout": ParamSpec("float", 0.0, 0.9),
+    "lr": ParamSpec("float", 1e-4, 1e-2, log=True),
+}
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Searched parameters and fixed config fields; `source` names the file in error messages."""
+
+    params: dict[str, ParamSpec]
+    fixed: dict[str, Any] = field(default_factory=dict)
+    source: str = "default search space"
+
+    @property
+    def is_default(self) -> bool:
+        return self.params == DEFAULT_PARAMS and not self.fixed
+
+    @property
+    def name(self) -> str:
+        return "default" if self.source == "default search space" else Path(self.source).stem
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"params": {n: s.to_dict() for n, s in self.params.items()}, "fixed": {k: _text(v) for k, v in self.fixed.items()}}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any], source: str = "default search space") -> SearchSpace:
+        """Rebuild from `to_dict()` output (how a worker process receives the space)."""
+        return parse_space({"params": dict(doc["params"]), "fixed": dict(doc.get("fixed") or {})}, source, merge_default=False)
+
+    def base_config(self, cfg: TrainConfig) -> TrainConfig:
+        """The command-line config with `fixed` applied on top."""
+        params = cfg.to_params()
+        for key, value in self.fixed.items():
+            try:
+                TrainConfig.from_params({**params, key: value})
+            except ConfigError as exc:
+                raise DeeprecError(f"{self.source}: fixed.{key}: {exc}") from None
+            params[key] = value
+        try:
+            return TrainConfig.from_params(params)
+        except ConfigError as exc:
+            raise DeeprecError(f"{self.source}: fixed: {exc}") from None
+
+    def check(self, base: TrainConfig) -> None:
+        """Every bound and choice must be valid with the base config and some combination of the
+        other searched parameters' bounds or choices; otherwise no trial could ever use it."""
+        for name, spec in self.params.items():
+            other_names = [n for n in self.params if n != name]
+            for value in spec.candidates():
+                error = _config_error(base, {name: value})
+                if error is None:
+                    continue
+                combos = itertools.islice(itertools.product(*(self.params[n].candidates() for n in other_names)), MAX_COMBINATIONS)
+                if all(_config_error(base, {name: value, **dict(zip(other_names, combo))}) for combo in combos):
+                    raise DeeprecError(f"{self.source}: params.{name}: value {value!r} can never be used ({error})")
+
+
+def trial_config(base: TrainConfig, values: Mapping[str, Any]) -> TrainConfig:
+    """The base config with a trial's values, parsed to the fields' types and validated."""
+    return TrainConfig.from_params({**base.to_params(), **values})
+
+
+def _config_error(base: TrainConfig, values: Mapping[str, Any]) -> ConfigError | None:
+    try:
+        trial_config(base, values)
+    except ConfigError as exc:
+        return exc
+    return None
+
+
+def _text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def load_space(path: str | Path | None = None) -> SearchSpace:
+    """The default space, or a YAML file merged over it; every error names the file and key."""
+    if path is None or str(path) == "":
+        return SearchSpace(dict(DEFAULT_PARAMS))
+    path = Path(path)
+    if not path.is_file():
+        raise DeeprecError(f"{path}: no such search-space file")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise DeeprecError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    return parse_space(doc, str(path))
+
+
+def parse_space(doc: Any, source: str, merge_default: bool = True) -> SearchSpace:
+    """Validate a space document (`params`, `fixed`); with `merge_default`, merge it over the default."""
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise DeeprecError(f"{source}: expected a mapping with params and fixed, got {type(doc).__name__}")
+    unknown = sorted(set(map(str, doc)) - {"params", "fixed"})
+    if unknown:
+        raise DeeprecError(f"{source}: unknown key {unknown[0]!r}; expected params, fixed")
+    params_doc = doc.get("params") or {}
+    fixed_doc = doc.get("fixed") or {}
+    if not isinstance(params_doc, dict):
+        raise DeeprecError(f"{source}: params: expected a mapping of config field to spec")
+    if not isinstance(fixed_doc, dict):
+        raise DeeprecError(f"{source}: fixed: expected a mapping of config field to value")
+    params = dict(DEFAULT_PARAMS) if merge_default else {}
+    for name, spec in params_doc.items():
+        name = str(name)
+        _check_field(source, f"params.{name}", name)
+        if name in NOT_SEARCHABLE:
+            raise DeeprecError(f"{source}: params.{name}: cannot be searched ({NOT_SEARCHABLE[name]})")
+        if spec is None:
+            params.pop(name, None)
+        else:
+            params[name] = _parse_spec(source, name, spec)
+    fixed: dict[str, Any] = {}
+    for name, value in fixed_doc.items():
+        name = str(name)
+        _check_field(source, f"fixed.{name}", name)
+        if name in params_doc and params_doc[name] is not None:
+            raise DeeprecError(f"{source}: fixed.{name}: also under params; a parameter is either searched or fixed")
+        if isinstance(value, (dict, list)):
+            raise DeeprecError(f"{source}: fixed.{name}: expected a single value, got a {type(value).__name__}")
+        params.pop(name, None)
+        fixed[name] = value
+    return SearchSpace(params, fixed, source)
+
+
+def _check_field(source: str, key: str, name: str) -> None:
+    if name not in FIELD_KINDS:
+        raise DeeprecError(f"{source}: {key}: unknown config field; known: {', '.join(FIELD_KINDS)}")
+
+
+def _parse_spec(source: str, name: str, spec: Any) -> ParamSpec:
+    where = f"{source}: params.{name}"
+    if isinstance(spec, list):  # shorthand for a categorical
+        spec = {"type": "categorical", "choices": spec}
+    if not isinstance(spec, dict):
+        raise DeeprecError(f"{where}: expected a spec mapping such as {{type: float, low: 0.0, high: 0.5}} or a list of choices")
+    kind = spec.get("type")
+    if kind not in SPEC_KEYS:
+        raise DeeprecError(f"{where}.type: must be float, int or categorical, got {kind!r}")
+    extra = sorted(set(map(str, spec)) - set(SPEC_KEYS[kind]))
+    if extra:
+        raise DeeprecError(f"{where}: unknown key {extra[0]!r} for a {kind} spec; expected {', '.join(SPEC_KEYS[kind])}")
+    field_kind = FIELD_KINDS[name]
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise DeeprecError(f"{where}.choices: must be a non-empty list")
+        for choice in choices:
+            if not isinstance(choice, (str, int, float, bool)):
+                raise DeeprecError(f"{where}.choices: each choice must be a single value, got {choice!r}")
+        if len(set(map(_text, choices))) != len(choices):
+            raise DeeprecError(f"{where}.choices: choices must be distinct")
+        return ParamSpec("categorical", choices=tuple(choices))
+    if kind != field_kind:
+        raise DeeprecError(f"{where}.type: {name} takes {field_kind} values; use type {field_kind} or categorical")
+    if "low" not in spec or "high" not in spec:
+        raise DeeprecError(f"{where}: a {kind} spec needs low and high")
+    low, high = _number(f"{where}.low", spec["low"], kind), _number(f"{where}.high", spec["high"], kind)
+    if not low < high:
+        raise DeeprecError(f"{where}: low ({low}) must be below high ({high})")
+    use_log = spec.get("log", False)
+    if not isinstance(use_log, bool):
+        raise DeeprecError(f"{where}.log: expected true or false, got {use_log!r}")
+    if use_log and low <= 0:
+        raise DeeprecError(f"{where}: a log scale needs low > 0, got {low}")
+    step = spec.get("step")
+    if step is not None:
+        step = _number(f"{where}.step", step, kind)
+        if step <= 0:
+            raise DeeprecError(f"{where}.step: must be > 0, got {step}")
+        if use_log:
+            raise DeeprecError(f"{where}: step and log cannot be combined")
+    return ParamSpec(kind, low, high, use_log, step)
+
+
+def _number(where: str, value: Any, kind: str) -> float:
+    # YAML 1.1 reads 1e-6 (no dot) as a string, so numeric strings are accepted.
+    if isinstance(value, bool):
+        raise DeeprecError(f"{where}: expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DeeprecError(f"{where}: expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise DeeprecError(f"{where}: expected a finite number, got {value!r}")
+    if kind == "int":
+        if not number.is_integer():
+            raise DeeprecError(f"{where}: expected an integer, got {value!r}")
+        return int(number)
+    return number
+
+
+# --------------------------------------------------------------------------- pruning
+
+
+@dataclass(frozen=True)
+class PrunerSettings:
+    name: str = "median"
+    startup_trials: int = 5  # median: complete trials before any pruning
+    warmup_steps: int = 5  # median: steps of a trial before it may be pruned (see the module docstring)
+
+
+def make_pruner(settings: PrunerSettings, folds: int, epochs: int) -> optuna.pruners.BasePruner:
+    if settings.name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials, n_warmup_steps=settings.warmup_steps)
+    if settings.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=folds * (epochs + 1), reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def epoch_step(fold: int, epoch: int, epochs: int) -> int:
+    """Intermediate step of epoch `epoch` (from 1) of fold `fold` (from 0)."""
+    return fold * (epochs + 1) + epoch
+
+
+def fold_step(fold: int, epochs: int) -> int:
+    """Intermediate step of the fold-level check after fold `fold` (from 0)."""
+    return (fold + 1) * (epochs + 1)
+
+
+class TrialReporter:
+    """Reports a trial's validation RMSE to Optuna per epoch and per fold; raises TrialPruned when
+    the pruner says so. `sink(record, step)` sees each epoch record first (e.g. to log it)."""
+
+    def __init__(self, trial: optuna.Trial, epochs: int, folds: int, sink: Callable[[dict, int], None] | None = None) -> None:
+        self.trial = trial
+        self.epochs = epochs
+        self.folds = folds
+        self.sink = sink
+
+    def on_epoch(self, fold: int, record: dict) -> None:
+        step = epoch_step(fold, record["epoch"], self.epochs)
+        if self.sink is not None:
+            self.sink(record, step)
+        self.trial.report(record["valid_rmse"], step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"fold {fold + 1} epoch {record['epoch']}: validation RMSE {record['valid_rmse']:.4f}")
+
+    def on_fold(self, fold: int, fold_scores: list[float]) -> None:
+        running = float(np.mean(fold_scores))
+        self.trial.report(running, fold_step(fold, self.epochs))
+        if fold + 1 < self.folds and self.trial.should_prune():
+            raise optuna.TrialPruned(f"after fold {fold + 1}: mean validation RMSE so far {running:.4f}")
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def default_storage(tracking_uri: str | None = None) -> str:
+    """`optuna.db` beside an SQLite MLflow store, else in the working directory (absolute URL)."""
+    uri = tracking_uri if tracking_uri is not None else mlflow.get_tracking_uri()
+    folder = Path(".")
+    if uri.startswith("sqlite:///"):
+        db_path = uri[len("sqlite:///"):].split("?")[0]
+        if db_path and db_path != ":memory:":
+            folder = Path(db_path).parent
+    return f"sqlite:///{(folder / 'optuna.db').resolve()}"
+
+
+def display_storage(url: str) -> str:
+    """The URL with any password hidden (it is logged and printed)."""
+    if url.startswith("journal:"):
+        return url
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+
+
+def open_storage(
+    url: str,
+    heartbeat_interval: int = DEFAULT_HEARTBEAT_INTERVAL,
+    grace_period: int = DEFAULT_GRACE_PERIOD,
+    on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+) -> optuna.storages.BaseStorage:
+    """An RDB storage with heartbeats for a SQLAlchemy URL, a journal storage for `journal:PATH`."""
+    shown = display_storage(url)
+    if url.startswith("journal:"):
+        path = Path(url[len("journal:"):]).expanduser()
+        if not path.parent.is_dir():
+            raise DeeprecError(f"storage {shown}: folder {path.parent} does not exist")
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    try:
+        dialect = sqlalchemy.engine.make_url(url).get_backend_name()
+    except sqlalchemy.exc.ArgumentError:
+        raise DeeprecError(f"storage {shown}: not a SQLAlchemy URL (sqlite:///PATH, postgresql+psycopg2://USER@HOST/DB) or journal:PATH") from None
+    engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if dialect == "sqlite" else {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+            heartbeat_stale_trial_callback=on_stale,
+        )
+    except ImportError as exc:
+        raise DeeprecError(f"storage {shown}: database driver missing ({exc}); e.g. pip install psycopg2-binary for PostgreSQL") from None
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise DeeprecError(f"storage {shown}: {' '.join(str(exc.orig if getattr(exc, 'orig', None) else exc).split())[:300]}") from None
+
+
+def default_study_name(cfg: TrainConfig, space: SearchSpace) -> str:
+    """deeprec-<dataset>-<orientation>-<arch>, plus the space file's name when it is not the default."""
+    dataset = cfg.dataset if not cfg.dataset.startswith("csv:") else "csv-" + Path(cfg.dataset[4:]).stem
+    orientation = "any" if "orientation" in space.params else cfg.orientation
+    arch = "any" if "arch" in space.params else cfg.arch.replace(",", "-")
+    name = f"deeprec-{dataset}-{orientation}-{arch}"
+    return name if space.is_default else f"{name}-{space.name}"
+
+
+# --------------------------------------------------------------------------- options, worker spec
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    folds: int = cv.DEFAULT_FOLDS
+    n_trials: int = 20
+    n_workers: int = 1
+    study_name: str | None = None
+    storage: str | None = None
+    pruner: PrunerSettings = PrunerSettings()
+    refit: bool = True
+    heartbeat_interval: int = DEFAULT_HEARTBEAT_INTERVAL
+    grace_period: int = DEFAULT_GRACE_PERIOD
+
+    def validate(self) -> TuneOptions:
+        if self.folds < 2:
+            raise DeeprecError(f"folds: need at least 2, got {self.folds}")
+        if self.n_trials < 0:
+            raise DeeprecError(f"n-trials: must be >= 0, got {self.n_trials}")
+        if self.n_workers < 1:
+            raise DeeprecError(f"n-workers: must be >= 1, got {self.n_workers}")
+        if self.pruner.name not in PRUNERS:
+            raise DeeprecError(f"pruner: unknown pruner {self.pruner.name!r}; choose one of {', '.join(PRUNERS)}")
+        if self.pruner.startup_trials < 0 or self.pruner.warmup_steps < 0:
+            raise DeeprecError("pruner-startup-trials and pruner-warmup-steps must be >= 0")
+        if self.heartbeat_interval < 1:
+            raise DeeprecError(f"heartbeat-interval: must be a whole number of seconds >= 1, got {self.heartbeat_interval}")
+        if self.grace_period <= self.heartbeat_interval:
+            raise DeeprecError(f"grace-period: must exceed the heartbeat interval ({self.heartbeat_interval} s), got {self.grace_period}")
+        if self.study_name is not None and (not self.study_name.strip() or any(c in self.study_name for c in "'\"\n`")):
+            raise DeeprecError(f"study-name: must be non-empty, without quotes or newlines, got {self.study_name!r}")
+        return self
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker process needs, sent to it as JSON on stdin (the storage URL may hold a
+    password, which must not show in the process list)."""
+
+    study_name: str
+    storage: str
+    config: dict[str, str]  # the base config: command line + fixed
+    space: dict[str, Any]
+    folds: int
+    pruner: dict[str, Any]
+    heartbeat_interval: int
+    grace_period: int
+    parent_run_id: str
+    experiment_id: str
+    target: int  # stop once the study has this many finished trials
+    baseline: int  # trials numbered from here on were started by this invocation
+    max_failures: int
+    sampler_seed: int
+    index: int
+    threads: int | None = None  # TensorFlow thread pools of a worker process (None: TF's default)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerSpec:
+        try:
+            return cls(**json.loads(text))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise DeeprecError(f"tune --worker expects the worker spec as JSON on stdin ({exc})") from None
+
+
+def sampler_seed(seed: int, baseline: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, baseline, index]).generate_state(1)[0])
+
+
+# --------------------------------------------------------------------------- one worker
+
+
+class _Objective:
+    """The Optuna objective of one worker: a nested MLflow run per trial around K folds."""
+
+    def __init__(self, spec: WorkerSpec, base: TrainConfig, space: SearchSpace, dataset: datasets.Dataset, splits: list[Split]) -> None:
+        self.spec = spec
+        self.base = base
+        self.space = space
+        self.dataset = dataset
+        self.splits = splits
+        self.current_run_id: str | None = None
+        self.last_state: str | None = None
+        self.counts = {"complete": 0, "pruned": 0, "failed": 0}
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker_pid", os.getpid())
+        trial.set_user_attr("worker_host", socket.gethostname())
+        values = {name: spec.suggest(trial, name) for name, spec in self.space.params.items()}
+        run = mlflow.start_run(
+            run_name=f"trial {trial.number}", experiment_id=self.spec.experiment_id, nested=True, parent_run_id=self.spec.parent_run_id,
+            tags={TAG_STUDY: self.spec.study_name, TAG_KIND: "tune-trial", "trial_number": str(trial.number),
+                  "worker_pid": str(os.getpid()), "worker_host": socket.gethostname()},
+        )
+        self.current_run_id, self.last_state = run.info.run_id, None
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        try:
+            value = self._evaluate(trial, values)
+        except optuna.TrialPruned as exc:
+            self._end("pruned", "KILLED", "pruned_at", str(exc))
+            raise
+        except KeyboardInterrupt:
+            self._end("failed", "KILLED", "failure", "interrupted by the user")
+            raise
+        except BaseException as exc:
+            reason = str(exc) if isinstance(exc, DeeprecError) else f"{type(exc).__name__}: {exc}"
+            trial.set_user_attr("failure", reason)
+            self._end("failed", "FAILED", "failure", reason)
+            raise
+        self._end("complete", "FINISHED")
+        return value
+
+    def _evaluate(self, trial: optuna.Trial, values: dict[str, Any]) -> float:
+        try:
+            cfg = trial_config(self.base, values)
+        except ConfigError as exc:
+            mlflow.log_params({**{k: _text(v) for k, v in values.items()}, "trial_number": trial.number})
+            raise ConfigError(f"invalid combination of sampled values: {exc}") from None
+        tracking.log_config(cfg)
+        mlflow.log_param("trial_number", trial.number)
+        mlflow.set_tags(tracking.run_tags(cfg, self.dataset))
+        trial.set_user_attr("config", cfg.to_params())
+        reporter = TrialReporter(trial, cfg.epochs, len(self.splits), sink=_log_epoch)
+        results: list[cv.FoldResult] = []
+        try:
+            for fold, split in enumerate(self.splits):
+                result = cv.run_fold(cfg, self.dataset, split, fold, on_epoch=reporter.on_epoch)
+                results.append(result)
+                mlflow.log_metrics({"fold_valid_rmse": result.best_valid_rmse, "fold_best_epoch": float(result.best_epoch)}, step=fold + 1)
+                reporter.on_fold(fold, [r.best_valid_rmse for r in results])
+        finally:
+            mlflow.log_metric("folds_completed", float(len(results)))
+        summary = cv.CVResult(results)
+        mlflow.log_metrics(summary.metrics())
+        trial.set_user_attr("chosen_epochs", summary.chosen_epochs)
+        trial.set_user_attr("fold_valid_rmse", summary.scores.tolist())
+        return summary.mean
+
+    def _end(self, state: str, status: str, reason_tag: str | None = None, reason: str | None = None) -> None:
+        self.counts[state] += 1
+        self.last_state = state
+        tags = {TAG_STATE: state, **({reason_tag: reason[:5000]} if reason_tag and reason else {})}
+        mlflow.set_tags(tags)
+        mlflow.end_run(status)
+
+
+def _log_epoch(record: dict, step: int) -> None:
+    mlflow.log_metrics({k: v for k, v in record.items() if k in ("valid_rmse", "train_rmse", "train_loss")}, step=step)
+
+
+def _stale_run_marker(study_name: str, experiment_id: str) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """Heartbeat-stale callback: mark the MLflow run of a trial whose worker died as FAILED."""
+
+    def mark(study: optuna.Study, trial: FrozenTrial) -> None:
+        client = MlflowClient()
+        try:
+            run_id = trial.user_attrs.get("mlflow_run_id")
+            if run_id is None:  # the worker died before it started the run, or between the two calls
+                runs = client.search_runs([experiment_id], f"tags.{TAG_STUDY} = '{study_name}' and tags.trial_number = '{trial.number}'")
+                run_id = runs[0].info.run_id if runs else None
+            if run_id is not None:
+                who = f"worker {trial.user_attrs.get('worker_pid', '?')} on {trial.user_attrs.get('worker_host', '?')}"
+                client.set_tag(run_id, TAG_STATE, "failed")
+                client.set_tag(run_id, "failure", f"{who} stopped sending heartbeats (killed?); failed by worker {os.getpid()}")
+                client.set_terminated(run_id, "FAILED")
+        except MlflowException as exc:  # Optuna's state is what counts; the run only mirrors it
+            log.warning("trial %d failed as stale, but its MLflow run could not be updated: %s", trial.number, exc)
+        log.warning("trial %d: its worker stopped sending heartbeats; marked FAILED", trial.number)
+
+    return mark
+
+
+def _limit_threads(threads: int) -> None:
+    """Size TensorFlow's thread pools so that N workers share the cores instead of fighting."""
+    import tensorflow as tf  # only worker processes, before their first TensorFlow op
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        log.debug("TensorFlow is already initialised; its thread pools keep their size")
+
+
+def run_worker(spec: WorkerSpec, dataset: datasets.Dataset | None = None) -> dict[str, int]:
+    """Run trials of the study until it has `spec.target` finished trials (see the module
+    docstring for how running trials reserve slots); return this worker's trial counts."""
+    if spec.threads is not None:
+        _limit_threads(spec.threads)
+    base = TrainConfig.from_params(spec.config)
+    space = SearchSpace.from_dict(spec.space)
+    storage = open_storage(spec.storage, spec.heartbeat_interval, spec.grace_period, on_stale=_stale_run_marker(spec.study_name, spec.experiment_id))
+    pruner = make_pruner(PrunerSettings(**spec.pruner), spec.folds, base.epochs)
+    study = optuna.load_study(study_name=spec.study_name, storage=storage, sampler=optuna.samplers.TPESampler(seed=spec.sampler_seed), pruner=pruner)
+    dataset = dataset or datasets.load(datasets.get_spec(base.dataset))
+    _, splits = cv.fold_splits(base, dataset, spec.folds)
+    objective = _Objective(spec, base, space, dataset, splits)
+    heartbeat = isinstance(storage, optuna.storages.RDBStorage)
+    log.info("worker %d (pid %d): study %s, until %d finished trials", spec.index, os.getpid(), spec.study_name, spec.target)
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(t.state in FINISHED for t in trials)
+        if finished >= spec.target:
+            break
+        ours = [t for t in trials if t.number >= spec.baseline]
+        failed = sum(t.state == TrialState.FAIL for t in ours)
+        if failed >= spec.max_failures:
+            log.error("worker %d: %d trials of this run failed; stopping (see the failed trials' `failure` tags)", spec.index, failed)
+            break
+        running = sum(t.state == TrialState.RUNNING for t in ours)
+        if finished + running >= spec.target:
+            if not heartbeat or running == 0:
+                break
+            # The remaining slots are held by running trials: wait until they finish, or until
+            # their heartbeat is stale (a dead worker) and they are failed here, freeing the slot.
+            # (Before each trial Optuna itself fails stale trials.)
+            optuna.storages.fail_stale_trials(study)
+            time.sleep(min(spec.heartbeat_interval, 5))
+            continue
+        try:
+            study.optimize(objective, n_trials=1, catch=(DeeprecError,), gc_after_trial=True)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Another worker failed this trial as stale (its heartbeat was late): the result is
+            # dropped rather than counted, and the MLflow run follows Optuna's state.
+            log.warning("worker %d: the trial was already marked FAILED by another worker; its result is dropped", spec.index)
+            if objective.last_state is not None:
+                objective.counts[objective.last_state] -= 1
+                objective.counts["failed"] += 1
+            if objective.current_run_id is not None:
+                try:
+                    MlflowClient().set_tag(objective.current_run_id, TAG_STATE, "failed")
+                    MlflowClient().set_terminated(objective.current_run_id, "FAILED")
+                except MlflowException as exc:
+                    log.warning("could not mark MLflow run %s failed: %s", objective.current_run_id, exc)
+    return objective.counts
+
+
+# --------------------------------------------------------------------------- the study
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    study_name: str
+    storage: str  # password hidden
+    parent_run_id: str
+    trials_complete: int
+    trials_pruned: int
+    trials_failed: int
+    trials_added: int  # finished trials added by this invocation
+    best_value: float | None
+    best_trial: int | None
+    best_params: dict[str, Any]
+    refit_run_id: str | None
+    refit_metrics: dict[str, float]
+    refit_error: str | None
+    wall_seconds: float
+    worker_exit_codes: list[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def run_study(cfg: TrainConfig, space: SearchSpace | None = None, options: TuneOptions | None = None) -> TuneResult:
+    """Create or resume the study, run `options.n_trials` more trials in `options.n_workers`
+    workers, log the study on its parent run, then refit the best config (see the module docstring)."""
+    started = time.perf_counter()
+    space = space or load_space()
+    options = (options or TuneOptions()).validate()
+    base = space.base_config(cfg.validate())
+    space.check(base)
+    study_name = options.study_name or default_study_name(base, space)
+    storage_url = options.storage or default_storage()
+    shown = display_storage(storage_url)
+    dataset = datasets.load(datasets.get_spec(base.dataset))
+    cv.fold_splits(base, dataset, options.folds)  # too few ratings for the folds: fail before any study exists
+
+    storage = open_storage(storage_url, options.heartbeat_interval, options.grace_period)
+    # This process only creates (or finds) the study and reads it; the workers sample and prune.
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="minimize", load_if_exists=True)
+    setup = json.loads(json.dumps({"config": base.to_params(), "folds": options.folds, "space": space.to_dict()["params"]}))
+    _check_setup(study, setup)
+    trials = study.get_trials(deepcopy=False)
+    existing = sum(t.state in FINISHED for t in trials)
+    baseline = len(trials)
+    target = existing + options.n_trials
+    log.info("study %s in %s: %d finished trials, running %d more with %d worker(s)", study_name, shown, existing, options.n_trials, options.n_workers)
+
+    parent_id = _parent_run(study_name, base, options, space, shown)
+    experiment_id = MlflowClient().get_run(parent_id).info.experiment_id
+    n_workers = max(1, min(options.n_workers, options.n_trials))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    specs = [
+        WorkerSpec(
+            study_name=study_name, storage=storage_url, config=base.to_params(), space=space.to_dict(), folds=options.folds,
+            pruner=dataclasses.asdict(options.pruner), heartbeat_interval=options.heartbeat_interval, grace_period=options.grace_period,
+            parent_run_id=parent_id, experiment_id=experiment_id, target=target, baseline=baseline,
+            max_failures=max(MIN_FAILURE_BUDGET, options.n_trials), sampler_seed=sampler_seed(base.seed, baseline, i), index=i,
+            threads=None if n_workers == 1 else max(1, cores // n_workers),
+        )
+        for i in range(n_workers)
+    ]
+    exit_codes: list[int] = []
+    mlflow.start_run(run_id=parent_id)
+    try:
+        if options.n_trials > 0:
+            if n_workers == 1:
+                run_worker(specs[0], dataset)
+                exit_codes = [0]
+            else:
+                exit_codes = _run_worker_processes(specs)
+        counts, best = _log_study(study, parent_id, time.perf_counter() - started)
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+    refit_run_id, refit_metrics, refit_error = None, {}, None
+    if options.refit and best is not None:
+        refit_run_id, refit_metrics, refit_error = _refit(best, dataset, study_name, parent_id)
+    elif options.refit:
+        log.warning("no complete trial yet: nothing to refit")
+    return TuneResult(
+        study_name=study_name, storage=shown, parent_run_id=parent_id,
+        trials_complete=counts["complete"], trials_pruned=counts["pruned"], trials_failed=counts["failed"],
+        trials_added=counts["complete"] + counts["pruned"] - existing,
+        best_value=None if best is None else float(best.value), best_trial=None if best is None else best.number,
+        best_params={} if best is None else dict(best.params),
+        refit_run_id=refit_run_id, refit_metrics=refit_metrics, refit_error=refit_error,
+        wall_seconds=time.perf_counter() - started, worker_exit_codes=exit_codes,
+    )
+
+
+def _check_setup(study: optuna.Study, setup: dict[str, Any]) -> None:
+    """A resumed study must have been created with the same config, folds and space: trials of
+    different setups are not comparable, and the sampler would learn from both."""
+    stored = study.user_attrs.get(SETUP_ATTR)
+    if stored is None:
+        study.set_user_attr(SETUP_ATTR, setup)
+        return
+    hint = f"resume study {study.study_name!r} with the options it was created with, or choose another --study-name"
+    if stored.get("folds") != setup["folds"]:
+        raise DeeprecError(f"folds: the study was created with {stored.get('folds')}, this command has {setup['folds']}; {hint}")
+    old_config = stored.get("config", {})
+    for key, value in setup["config"].items():
+        if old_config.get(key) != value:
+            raise DeeprecError(f"{key}: the study was created with {old_config.get(key)}, this command has {value}; {hint}")
+    if stored.get("space") != setup["space"]:
+        raise DeeprecError(f"search space: the study was created with {json.dumps(stored.get('space'))}, this command has {json.dumps(setup['space'])}; {hint}")
+
+
+def _parent_run(study_name: str, base: TrainConfig, options: TuneOptions, space: SearchSpace, shown_storage: str) -> str:
+    """The study's parent run: found by its tags in the current experiment, else created."""
+    # `mlflow run` hands its own run to the command through MLFLOW_RUN_ID. That run becomes the
+    # parent of a new study; when resuming, it only points at the study's parent, and it must not
+    # be picked up by the trials' start_run calls (MLflow would resume it instead of nesting).
+    project_run = os.environ.pop("MLFLOW_RUN_ID", None)
+    found = mlflow.search_runs(
+        filter_string=f"tags.{TAG_STUDY} = '{study_name}' and tags.`{TAG_KIND}` = 'tune'", order_by=["attributes.start_time ASC"], output_format="list",
+    )
+    tags = {TAG_STUDY: study_name, TAG_KIND: "tune"}
+    if found:
+        parent_id = found[0].info.run_id
+        if project_run is not None and project_run != parent_id:
+            MlflowClient().log_batch(project_run, tags=[RunTag(TAG_STUDY, study_name), RunTag("study_parent_run_id", parent_id), RunTag(TAG_KIND, "tune-invocation")])
+        log.info("resuming the study's MLflow parent run %s", parent_id)
+        return parent_id
+    with mlflow.start_run(run_id=project_run, run_name=f"tune {study_name}", tags=tags) as run:
+        tracking.log_config(base)
+        existing = mlflow.get_run(run.info.run_id).data.params
+        # Not named like the MLproject parameters (storage, space): `mlflow run` logs those as typed.
+        extra = {"folds": options.folds, "optuna_storage": shown_storage, "search_space": json.dumps(space.to_dict())}
+        mlflow.log_params({k: v for k, v in extra.items() if k not in existing})
+        mlflow.set_tags({"dataset": base.dataset, "split": base.split, "seed": str(base.seed), "deeprec_version": __version__})
+        log.info("created the study's MLflow parent run %s", run.info.run_id)
+        return run.info.run_id
+
+
+def _run_worker_processes(specs: list[WorkerSpec]) -> list[int]:
+    """`python -m deeprec tune --worker` per spec (fresh processes: TensorFlow does not survive a
+    fork); wait for all; on Ctrl-C, interrupt them so their trials end FAILED rather than stale."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+    env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()  # also when it was set in code, not in the environment
+    procs: list[subprocess.Popen] = []
+    try:
+        for spec in specs:
+            proc = subprocess.Popen([sys.executable, "-m", "deeprec", "tune", "--worker"], stdin=subprocess.PIPE, env=env, text=True)
+            procs.append(proc)
+            proc.stdin.write(spec.to_json())
+            proc.stdin.close()
+        codes = [proc.wait() for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    for spec, code in zip(specs, codes):
+        if code != 0:
+            log.warning("worker %d exited with status %d", spec.index, code)
+    return codes
+
+
+def _log_study(study: optuna.Study, parent_id: str, wall_seconds: float) -> tuple[dict[str, int], FrozenTrial | None]:
+    """Counts, best trial, timings and plots on the (active) parent run."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {name: sum(t.state == state for t in trials) for state, name in STATE_NAMES.items()}
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = min(complete, key=lambda t: t.value) if complete else None
+    step = counts["complete"] + counts["pruned"]
+    previous_total = MlflowClient().get_run(parent_id).data.metrics.get("wall_seconds_total", 0.0)
+    trial_seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials if t.datetime_complete and t.datetime_start)
+    metrics = {
+        "trials_complete": counts["complete"], "trials_pruned": counts["pruned"], "trials_failed": counts["failed"],
+        "wall_seconds": wall_seconds, "wall_seconds_total": previous_total + wall_seconds, "trial_seconds_total": trial_seconds,
+    }
+    if best is not None:
+        metrics["best_value"] = float(best.value)
+        mlflow.set_tags({"best_trial_number": str(best.number), "best_params": json.dumps(best.params)})
+        mlflow.log_dict({
+            "trial": best.number, "value": best.value, "params": best.params,
+            "config": best.user_attrs.get("config"), "chosen_epochs": best.user_attrs.get("chosen_epochs"),
+        }, "best_params.json")
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+    _log_plots(study, len(complete))
+    log.info("study %s: %d complete, %d pruned, %d failed; best %s", study.study_name, counts["complete"], counts["pruned"], counts["failed"],
+             "none yet" if best is None else f"{best.value:.4f} (trial {best.number}: {best.params})")
+    return counts, best
+
+
+def _log_plots(study: optuna.Study, n_complete: int) -> None:
+    from optuna.visualization import matplotlib as optuna_plots  # matplotlib's Agg backend is set by tracking
+
+    plots = (
+        ("optimization_history", optuna_plots.plot_optimization_history, 1),
+        ("parallel_coordinate", optuna_plots.plot_parallel_coordinate, 1),
+        ("param_importances", optuna_plots.plot_param_importances, 2),
+    )
+    for name, plot, needed in plots:
+        if n_complete < needed:
+            note = f"skipped: needs {needed} complete trial(s), the study has {n_complete}"
+        else:
+            try:
+                axes = plot(study)
+            except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. importances of parameters that never varied
+                note = f"skipped: {exc}"
+            else:
+                figure = np.ravel(axes)[0].figure
+                mlflow.log_figure(figure, f"optuna/{name}.png")
+                plt.close(figure)
+                continue
+        log.info("plot %s %s", name, note)
+        mlflow.set_tag(f"note.{name}", note)
+
+
+def _refit(best: FrozenTrial, dataset: datasets.Dataset, study_name: str, parent_id: str) -> tuple[str | None, dict[str, float], str | None]:
+    """Retrain the best config on all non-test ratings and evaluate on test once (its own run)."""
+    cfg = TrainConfig.from_params(best.user_attrs["config"])
+    epochs = int(best.user_attrs["chosen_epochs"])
+    log.info("refit of trial %d (%d epochs) on all non-test ratings, evaluated on the test split once", best.number, epochs)
+    tags = {TAG_STUDY: study_name, "study_parent_run_id": parent_id, "best_trial_number": str(best.number)}
+    try:
+        run_id, metrics = tracking.tracked_refit(cfg, epochs, dataset, tags=tags)
+    except DeeprecError as exc:
+        log.error("refit failed: %s", exc)
+        return None, {}, str(exc)
+    now = int(time.time() * 1000)
+    MlflowClient().log_batch(
+        parent_id, metrics=[Metric(f"refit_{k}", float(v), now, best.number) for k, v in metrics.items()], tags=[RunTag("refit_run_id", run_id)],
+    )
+    return run_id, metrics, None
+
+
+def summary_lines(result: TuneResult) -> list[str]:
+    """A human-readable summary (the CLI prints it)."""
+    lines = [
+        f"study {result.study_name} ({result.storage})",
+        f"  parent run {result.parent_run_id}",
+        f"  trials: {result.trials_complete} complete, {result.trials_pruned} pruned, {result.trials_failed} failed ({result.trials_added} added)",
+    ]
+    if result.best_value is not None:
+        lines.append(f"  best CV validation RMSE {result.best_value:.4f} (trial {result.best_trial}): {json.dumps(result.best_params)}")
+    if result.refit_run_id:
+        lines.append(f"  refit run {result.refit_run_id}")
+        for key in ("test_rmse", "test_rmse_user_avg", "test_mae"):
+            if key in result.refit_metrics:
+                lines.append(f"    {key:<22} {result.refit_metrics[key]:.4f}")
+    if result.refit_error:
+        lines.append(f"  refit failed: {result.refit_error}")
+    lines.append(f"  wall time {result.wall_seconds:.1f} s")
+    return lines
+
