@@ -84,14 +84,12 @@ def markdown(experiment: Experiment, rows: list[ReportRow]) -> str:
 
 def figure(experiment: Experiment, rows: list[ReportRow]):
     """Published vs measured per row (the experiment's metric), with the seed spread as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no window, no global backend
 
     ours = [r.measured_user_avg if experiment.metric == "test_rmse_user_avg" else r.measured_rmse for r in rows]
     x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) + 2), 4))
+    fig = Figure(figsize=(max(6, 0.9 * len(rows) + 2), 4))
+    ax = fig.subplots()
     ax.scatter(x, [np.nan if r.published is None else r.published for r in rows], marker="s", label="published")
     ax.errorbar(x, [np.nan if v is None else v for v in ours], yerr=[0 if r.std is None else r.std for r in rows], fmt="o", capsize=3, label="ours")
     ax.set_xticks(x, [r.name + (" *" if r.smoke else "") for r in rows], rotation=30, ha="right")
@@ -105,7 +103,6 @@ def figure(experiment: Experiment, rows: list[ReportRow]):
 
 def report(experiment: Experiment) -> tuple[list[ReportRow], str]:
     """Collect the rows, and log the table and the plot to the sweep's parent run when it exists."""
-    import matplotlib.pyplot as plt
     import mlflow
 
     rows = collect(experiment)
@@ -114,9 +111,7 @@ def report(experiment: Experiment) -> tuple[list[ReportRow], str]:
     if parents:
         with mlflow.start_run(run_id=parents[0].info.run_id):
             mlflow.log_text(table, f"report/{experiment.name}.md")
-            fig = figure(experiment, rows)
-            mlflow.log_figure(fig, f"report/{experiment.name}.png")
-            plt.close(fig)
+            mlflow.log_figure(figure(experiment, rows), f"report/{experiment.name}.png")
     return rows, table
 
 

@@ -16,21 +16,18 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import mlflow
+import numpy as np
+import pandas as pd
+import yaml
+from matplotlib.figure import Figure  # Figure, not pyplot: files only, never a window or a global backend
+from mlflow.data.http_dataset_source import HTTPDatasetSource
+from mlflow.models import infer_signature
 
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
-from mlflow.data.http_dataset_source import HTTPDatasetSource  # noqa: E402
-from mlflow.models import infer_signature  # noqa: E402
-
-from deeprec import __version__, cv, experiment, serve  # noqa: E402
-from deeprec.config import TrainConfig  # noqa: E402
-from deeprec.models import untie  # noqa: E402
-from deeprec.train import TrainingDiverged, model_inputs  # noqa: E402
+from deeprec import __version__, cv, experiment, serve
+from deeprec.config import TrainConfig
+from deeprec.models import untie
+from deeprec.train import TrainingDiverged, model_inputs
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +59,12 @@ def dataset_input(prepared: experiment.Prepared) -> mlflow.data.dataset.Dataset:
     return mlflow.data.from_pandas(frame, source=source, name=spec.name, targets="rating", digest=prepared.dataset.digest[:16])
 
 
-def curve_figures(history: list[dict]) -> dict[str, plt.Figure]:
+def curve_figures(history: list[dict]) -> dict[str, Figure]:
     frame = pd.DataFrame(history)
     figures = {}
     for name, columns, label in CURVES:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
         for column in columns:
             if column in frame:
                 ax.plot(frame["epoch"], frame[column], marker="o", markersize=3, label=column)
@@ -82,7 +80,6 @@ def curve_figures(history: list[dict]) -> dict[str, plt.Figure]:
 def log_history(history: list[dict]) -> None:
     for name, fig in curve_figures(history).items():
         mlflow.log_figure(fig, f"curves/{name}.png")
-        plt.close(fig)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "history.csv"
         pd.DataFrame(history).to_csv(path, index=False)
@@ -112,9 +109,10 @@ def run_tags(cfg: TrainConfig, prepared_dataset, extra: dict[str, str] | None = 
     }
 
 
-def fold_figure(folds: list[cv.FoldResult]) -> plt.Figure:
+def fold_figure(folds: list[cv.FoldResult]) -> Figure:
     """Validation RMSE per epoch, one line per fold, with each fold's best marked."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for fold in folds:
         epochs = [h["epoch"] for h in fold.history]
         ax.plot(epochs, [h["valid_rmse"] for h in fold.history], label=f"fold {fold.fold + 1}")
@@ -151,9 +149,7 @@ def track_cv(cfg: TrainConfig, folds: int, refit: bool = False, run_name: str | 
             mlflow.log_metrics({"fold_valid_rmse": result.best_valid_rmse, "fold_best_epoch": float(result.best_epoch)}, step=fold + 1)
         summary = cv.CVResult(results)
         mlflow.log_metrics(summary.metrics())
-        fig = fold_figure(results)
-        mlflow.log_figure(fig, "curves/folds.png")
-        plt.close(fig)
+        mlflow.log_figure(fold_figure(results), "curves/folds.png")
         test_metrics: dict[str, float] = {}
         if refit:
             _, test_metrics = tracked_refit(cfg, summary.chosen_epochs, dataset)

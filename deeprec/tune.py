@@ -929,7 +929,8 @@ def _log_study(study: optuna.Study, parent_id: str, wall_seconds: float) -> tupl
 
 
 def _log_plots(study: optuna.Study, n_complete: int) -> None:
-    from optuna.visualization import matplotlib as optuna_plots  # matplotlib's Agg backend is set by tracking
+    # Optuna draws with pyplot; nothing is ever shown, and each figure is closed once logged.
+    from optuna.visualization import matplotlib as optuna_plots
 
     plots = (
         ("optimization_history", optuna_plots.plot_optimization_history, 1),
