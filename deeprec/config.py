@@ -12,7 +12,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from deeprec.errors import DeeprecError
 
@@ -111,7 +114,7 @@ class TrainConfig:
 
     def to_params(self) -> dict[str, str]:
         """Flat string params for MLflow (same names as MLproject); an unset l2_decoder is "same"."""
-        return {f.name: _format(getattr(self, f.name)) for f in fields(self)}
+        return {f.name: format_param(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> TrainConfig:
@@ -189,7 +192,8 @@ def _integer(name: str, value: int, minimum: int) -> None:
 SAME_AS_L2 = "same"  # how an unset l2_decoder reads in params (MLflow cannot carry an empty value)
 
 
-def _format(value: Any) -> str:
+def format_param(value: Any) -> str:
+    """A config value as an MLflow/MLproject param string (bools lower-case, None as `same`)."""
     if value is None:
         return SAME_AS_L2
     if isinstance(value, bool):
@@ -223,3 +227,14 @@ def _parse(name: str, annotation: str, value: Any) -> Any:
         return str(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name}: expected {kind}, got {value!r}") from None
+
+
+def read_yaml_file(path: str | Path, what: str) -> Any:
+    """The parsed YAML document of a config file (experiment, search space); one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise DeeprecError(f"{path}: no such {what} file")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise DeeprecError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None

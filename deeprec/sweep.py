@@ -26,9 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from deeprec.config import ConfigError, TrainConfig
+from deeprec.config import ConfigError, TrainConfig, format_param, read_yaml_file
 from deeprec.errors import DeeprecError
 
 log = logging.getLogger(__name__)
@@ -66,12 +64,7 @@ class Experiment:
 def load_experiment(path: str | Path) -> Experiment:
     """Parse and fully validate an experiment file; errors name the file and the row or key."""
     path = Path(path)
-    if not path.is_file():
-        raise DeeprecError(f"{path}: no such experiment file")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise DeeprecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    doc = read_yaml_file(path, "experiment")
     if not isinstance(doc, dict):
         raise DeeprecError(f"{path}: expected a mapping with name, metric, base and rows")
     unknown = sorted(set(doc) - {"name", "title", "metric", "base", "rows", "notes"})
@@ -111,7 +104,7 @@ def load_experiment(path: str | Path) -> Experiment:
 def _string_params(path: Path, where: str, params: object) -> dict[str, str]:
     if not isinstance(params, dict):
         raise DeeprecError(f"{path}: {where}: params must be a mapping of config fields")
-    return {str(k): "" if v is None else (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in params.items()}
+    return {str(k): "" if v is None else format_param(v) for k, v in params.items()}
 
 
 @dataclass(frozen=True)

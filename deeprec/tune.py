@@ -110,14 +110,13 @@ import mlflow
 import numpy as np
 import optuna
 import sqlalchemy
-import yaml
 from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
 from deeprec import __version__, cv, datasets, tracking
-from deeprec.config import ConfigError, TrainConfig
+from deeprec.config import ConfigError, TrainConfig, format_param, read_yaml_file
 from deeprec.errors import DeeprecError
 from deeprec.splits import Split
 
@@ -204,7 +203,7 @@ class SearchSpace:
         return "default" if self.source == "default search space" else Path(self.source).stem
 
     def to_dict(self) -> dict[str, Any]:
-        return {"params": {n: s.to_dict() for n, s in self.params.items()}, "fixed": {k: _text(v) for k, v in self.fixed.items()}}
+        return {"params": {n: s.to_dict() for n, s in self.params.items()}, "fixed": {k: format_param(v) for k, v in self.fixed.items()}}
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], source: str = "default search space") -> SearchSpace:
@@ -252,22 +251,11 @@ def _config_error(base: TrainConfig, values: Mapping[str, Any]) -> ConfigError |
     return None
 
 
-def _text(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
 def load_space(path: str | Path | None = None) -> SearchSpace:
     """The default space, or a YAML file merged over it; every error names the file and key."""
     if path is None or str(path) == "":
         return SearchSpace(dict(DEFAULT_PARAMS))
-    path = Path(path)
-    if not path.is_file():
-        raise DeeprecError(f"{path}: no such search-space file")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise DeeprecError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
-    return parse_space(doc, str(path))
+    return parse_space(read_yaml_file(path, "search-space"), str(path))
 
 
 def parse_space(doc: Any, source: str, merge_default: bool = True) -> SearchSpace:
@@ -333,7 +321,7 @@ def _parse_spec(source: str, name: str, spec: Any) -> ParamSpec:
         for choice in choices:
             if not isinstance(choice, (str, int, float, bool)):
                 raise DeeprecError(f"{where}.choices: each choice must be a single value, got {choice!r}")
-        if len(set(map(_text, choices))) != len(choices):
+        if len(set(map(format_param, choices))) != len(choices):
             raise DeeprecError(f"{where}.choices: choices must be distinct")
         return ParamSpec("categorical", choices=tuple(choices))
     if kind != field_kind:
@@ -609,7 +597,7 @@ class _Objective:
         try:
             cfg = trial_config(self.base, values)
         except ConfigError as exc:
-            mlflow.log_params({**{k: _text(v) for k, v in values.items()}, "trial_number": trial.number})
+            mlflow.log_params({**{k: format_param(v) for k, v in values.items()}, "trial_number": trial.number})
             raise ConfigError(f"invalid combination of sampled values: {exc}") from None
         tracking.log_config(cfg)
         mlflow.log_param("trial_number", trial.number)
