@@ -102,3 +102,9 @@ def test_bad_parameter_is_one_line_before_any_work(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip() == "deeprec: error: dropout: must be a fraction in [0, 1), got 1.5"
     assert list(tmp_path.iterdir()) == []  # no tracking store, no download, nothing written
+
+
+def test_readme_documents_every_parameter_with_its_default() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for name, value in TrainConfig().to_params().items():
+        assert f"| `{name}` | `{value}` |" in readme, name
