@@ -92,8 +92,13 @@ class _Stepper:
         self.step_rows = tf.function(self._step_rows)
         self.step_batch = tf.function(self._step_batch)
 
-    def _step_rows(self, rows: tf.Tensor) -> tf.Tensor:
-        return self._step(tf.gather(self.inputs, rows), tf.gather(self.targets, rows), tf.gather(self.mask, rows), rows)
+    def step_cached(self, rows: np.ndarray) -> tf.Tensor:
+        # The dense matrices are passed in, not captured: a traced graph that captured them would
+        # keep them alive after training (about 300 MB per model on ML-1M).
+        return self.step_rows(tf.constant(rows), self.inputs, self.targets, self.mask)
+
+    def _step_rows(self, rows: tf.Tensor, inputs: tf.Tensor, targets: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+        return self._step(tf.gather(inputs, rows), tf.gather(targets, rows), tf.gather(mask, rows), rows)
 
     def _step_batch(self, x: tf.Tensor, y: tf.Tensor, m: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
         return self._step(x, y, m, rows)
@@ -191,7 +196,7 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
         for start in range(0, n_rows, cfg.batch_size):
             rows = order[start : start + cfg.batch_size]
             if data.train.dense_arrays is not None:
-                loss = stepper.step_rows(tf.constant(rows))
+                loss = stepper.step_cached(rows)
             else:
                 b = data.train.batch(rows)
                 loss = stepper.step_batch(tf.constant(b.inputs), tf.constant(b.targets), tf.constant(b.mask), tf.constant(rows))
