@@ -101,6 +101,9 @@ class TrainConfig:
                 f"side_info: {self.side_info} features describe the rows of a {self.side_info}-major matrix; "
                 f"with orientation={self.orientation} use side_info=none or {self.orientation}"
             )
+        if self.side_info != "none" and (self.dataset.startswith("csv:") or datasets.DATASETS[self.dataset].side_info is None):
+            with_side = ", ".join(name for name, spec in datasets.DATASETS.items() if spec.side_info)
+            raise ConfigError(f"side_info: {self.dataset} has no {self.side_info} side information; datasets with it: {with_side}")
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _positive("lr", self.lr)
         if not 0.0 <= self.momentum < 1.0:

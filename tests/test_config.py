@@ -55,6 +55,8 @@ def test_from_params_accepts_mlflow_float_strings() -> None:
         ({"tied": "true", "side_info": "item"}, "tied: side information widens the input"),
         ({"side_info": "user", "orientation": "item"}, "side_info: user features describe the rows"),
         ({"optimizer": "adamw"}, "optimizer: unknown value"),
+        ({"side_info": "item", "dataset": "ml-20m"}, "side_info: ml-20m has no item side information"),
+        ({"side_info": "user", "orientation": "user", "dataset": "csv:r.csv"}, "side_info: csv:r.csv has no user side information"),
         ({"momentum": "1"}, "momentum: must be in [0, 1)"),
         ({"batch_size": "0"}, "batch_size: must be an integer >= 1"),
         ({"epochs": "2.5"}, "epochs: expected int"),
