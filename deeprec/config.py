@@ -56,6 +56,7 @@ class TrainConfig:
     patience: int = 10
     seed: int = 42
     precision: str = "float32"
+    groups: str = "none"
 
     @property
     def hidden_sizes(self) -> tuple[int, ...]:
@@ -113,6 +114,14 @@ class TrainConfig:
         _integer("patience", self.patience, minimum=0)
         _integer("seed", self.seed, minimum=0)
         _choice("precision", self.precision, PRECISIONS)
+        from deeprec.groups import parse_groups
+
+        try:
+            kind, _ = parse_groups(self.groups)
+        except ValueError as exc:
+            raise ConfigError(f"groups: {exc}, got {self.groups!r}") from None
+        if kind == "age-gender" and (self.dataset.startswith("csv:") or datasets.DATASETS[self.dataset].side_info is None):
+            raise ConfigError(f"groups: {self.dataset} has no user demographics for age-gender groups; use kmeans:K")
         return self
 
     def to_params(self) -> dict[str, str]:
@@ -158,6 +167,7 @@ FIELD_DOCS: dict[str, str] = {
     "patience": "int — stop after this many epochs without a better validation RMSE (0: never stop early); the best weights are restored",
     "seed": "int — seed of weight initialisation, shuffling and noise (the split has its own, the report's)",
     "precision": "str — float32 | bfloat16 (mixed precision: bfloat16 compute, float32 weights)",
+    "groups": "str — none | age-gender | age-gender:LABEL (e.g. M-25) | kmeans:K: one model per user group, evaluated overall and per group",
 }
 
 

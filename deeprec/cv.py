@@ -62,6 +62,8 @@ def fold_splits(cfg: TrainConfig, dataset: datasets.Dataset, folds: int) -> tupl
     """The base split (whose test part is held out) and K fold splits of its non-test ratings."""
     if folds < 2:
         raise DeeprecError(f"folds: need at least 2, got {folds}")
+    if cfg.groups != "none":
+        raise DeeprecError("groups: cross-validation and tuning train one model per fold; use groups=none")
     base = make_split(cfg.split, dataset.ratings.users)
     pool = np.sort(np.concatenate([base.train, base.valid]))
     pairs = kfold_splits(dataset.ratings.users, folds, seed=cfg.seed, pool=pool)

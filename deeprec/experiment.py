@@ -94,6 +94,25 @@ def predict_pairs(model: keras.Model, data: TrainingData, users: np.ndarray, ite
     return out
 
 
+def test_predictions(model: keras.Model, prepared: Prepared, fallback: metrics.Baseline) -> tuple[np.ndarray, np.ndarray]:
+    """Unclipped predictions for every rating of the test split (in its order) and which of them
+    the model made: a rating whose user or item is unseen in training gets `fallback`'s."""
+    users, items, _ = index_pairs(prepared, prepared.split.test)
+    known = (users != MISSING) & (items != MISSING)
+    predictions = fallback.predict(users, items).astype(np.float32)
+    predictions[known] = predict_pairs(model, prepared.data, users[known], items[known])
+    return predictions, known
+
+
+def rating_metrics(prepared: Prepared, rows: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    """test_rmse, test_mae, test_rmse_user_avg (per raw user) and test_ratings for ratings `rows`."""
+    ratings = prepared.dataset.ratings
+    user_labels = pd.factorize(ratings.users[rows])[0]
+    result = {f"test_{k}": v for k, v in metrics.evaluate_ratings(user_labels, ratings.values[rows], predictions, prepared.data.scale).items()}
+    result["test_ratings"] = float(len(rows))
+    return result
+
+
 def evaluate(model: keras.Model, prepared: Prepared) -> dict[str, float]:
     """Test metrics, baselines and ranking, computed once on the test split (see module docstring)."""
     data, scale = prepared.data, prepared.data.scale
@@ -103,14 +122,9 @@ def evaluate(model: keras.Model, prepared: Prepared) -> dict[str, float]:
         raise DeeprecError(f"split {prepared.split.name} has no test ratings to evaluate")
     n_users, n_items = len(data.matrices.users), len(data.matrices.items)
     baselines = {kind: metrics.fit_baseline(kind, train_u, train_i, train_r, n_users, n_items) for kind in metrics.BASELINES}
-    known = (users != MISSING) & (items != MISSING)
-    predictions = baselines["user_item_bias"].predict(users, items).astype(np.float32)
-    predictions[known] = predict_pairs(model, data, users[known], items[known])
-    # Per-user averaging needs a user label for unseen users too: give each its own negative label.
-    user_labels = np.where(users != MISSING, users, -1 - pd.factorize(prepared.dataset.ratings.users[prepared.split.test])[0])
-    result = {f"test_{k}": v for k, v in metrics.evaluate_ratings(user_labels, truth, predictions, scale).items()}
+    predictions, known = test_predictions(model, prepared, baselines["user_item_bias"])
+    result = rating_metrics(prepared, prepared.split.test, predictions)
     result["test_unseen"] = float((~known).sum())
-    result["test_ratings"] = float(len(truth))
     for kind, baseline in baselines.items():
         guess = metrics.clip(baseline.predict(users, items), scale)
         result[f"baseline_{kind}_rmse"] = metrics.rmse(truth, guess)
@@ -145,9 +159,17 @@ class Outcome:
 
 
 def run(cfg: TrainConfig, prepared: Prepared, on_epoch: Callable[[dict], None] | None = None) -> Outcome:
-    """Train on `prepared` and evaluate on its test split once."""
+    """Train on `prepared` and evaluate on its test split once (one model per group with `groups`)."""
+    if cfg.groups != "none":
+        return run_grouped(cfg, prepared, on_epoch)
     model, history = fit(cfg, prepared.data, on_epoch=on_epoch)
     results = evaluate(model, prepared)
+    results.update(_history_summary(history))
+    return Outcome(model, history, results)
+
+
+def _history_summary(history: list[dict]) -> dict[str, float]:
+    results = {}
     valid = [h["valid_rmse"] for h in history if "valid_rmse" in h]
     if valid:
         best = int(np.argmin(valid))
@@ -155,4 +177,54 @@ def run(cfg: TrainConfig, prepared: Prepared, on_epoch: Callable[[dict], None] |
         results["best_epoch"] = float(history[best]["epoch"])
     results["epochs_run"] = float(len(history))
     results["seconds_per_epoch"] = float(np.median([h["seconds"] for h in history]))
+    return results
+
+
+def run_grouped(cfg: TrainConfig, prepared: Prepared, on_epoch: Callable[[dict], None] | None = None) -> Outcome:
+    """One model per user group, each trained and validated on its group's ratings only.
+
+    Overall metrics cover the test ratings of every trained group's users (for `age-gender:LABEL`,
+    that group's only); per-group metrics are `group_<label>_test_rmse` etc. Epoch records carry
+    a "group" key. Ranking is not computed for grouped runs; baselines are fitted on all training
+    ratings. The returned model is the last group's (grouped runs log no model).
+    """
+    from deeprec.groups import user_groups
+
+    dataset, split = prepared.dataset, prepared.split
+    ratings = dataset.ratings
+    groups = user_groups(cfg.groups, dataset, split, cfg.seed)
+    rows, predictions, history, results, model = [], [], [], {}, None
+    for label, members in groups.items():
+        member = np.isin(ratings.users, members)
+        sub = Split(f"{split.name}-{label}", split.seed, split.train[member[split.train]], split.valid[member[split.valid]], split.test[member[split.test]])
+        if len(sub.train) == 0 or len(sub.test) == 0:
+            log.warning("group %s has no training or no test ratings: skipped", label)
+            continue
+        log.info("group %s: %d users, %d training ratings", label, len(members), len(sub.train))
+        group_prepared = prepare(cfg, dataset=dataset, split=sub)
+        tagged = None if on_epoch is None else (lambda record, label=label: on_epoch({**record, "group": label}))
+        model, group_history = fit(cfg, group_prepared.data, on_epoch=tagged)
+        history.extend({**h, "group": label} for h in group_history)
+        train_u, train_i, train_r = index_pairs(group_prepared, sub.train)
+        fallback = metrics.fit_baseline("user_item_bias", train_u, train_i, train_r, len(group_prepared.data.matrices.users), len(group_prepared.data.matrices.items))
+        group_predictions, _ = test_predictions(model, group_prepared, fallback)
+        rows.append(sub.test)
+        predictions.append(group_predictions)
+        group_metrics = rating_metrics(group_prepared, sub.test, group_predictions)
+        group_metrics["users"] = float(len(members))
+        group_metrics.update(_history_summary(group_history))
+        results.update({f"group_{label}_{k}": v for k, v in group_metrics.items()})
+    if not rows:
+        raise DeeprecError(f"groups={cfg.groups}: no group has both training and test ratings")
+    all_rows, all_predictions = np.concatenate(rows), np.concatenate(predictions)
+    results.update(rating_metrics(prepared, all_rows, all_predictions))
+    results["groups_trained"] = float(len(rows))
+    train_u, train_i, train_r = index_pairs(prepared, split.train)
+    users, items, _ = index_pairs(prepared, all_rows)
+    m = prepared.data.matrices
+    for kind in metrics.BASELINES:
+        baseline = metrics.fit_baseline(kind, train_u, train_i, train_r, len(m.users), len(m.items))
+        results[f"baseline_{kind}_rmse"] = metrics.rmse(ratings.values[all_rows], metrics.clip(baseline.predict(users, items), prepared.data.scale))
+    results["seconds_per_epoch"] = float(np.median([h["seconds"] for h in history]))
+    results["epochs_run"] = float(len(history))
     return Outcome(model, history, results)

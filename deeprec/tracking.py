@@ -61,13 +61,15 @@ def dataset_input(prepared: experiment.Prepared) -> mlflow.data.dataset.Dataset:
 
 def curve_figures(history: list[dict]) -> dict[str, Figure]:
     frame = pd.DataFrame(history)
+    parts = frame.groupby("group") if "group" in frame else [("", frame)]
     figures = {}
     for name, columns, label in CURVES:
         fig = Figure(figsize=(6, 4))
         ax = fig.subplots()
-        for column in columns:
-            if column in frame:
-                ax.plot(frame["epoch"], frame[column], marker="o", markersize=3, label=column)
+        for group, part in parts:
+            for column in columns:
+                if column in part:
+                    ax.plot(part["epoch"], part[column], marker="o", markersize=3, label=f"{group} {column}".strip())
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -185,7 +187,9 @@ def train_tracked(
 
         def on_epoch(record: dict) -> None:
             history.append(record)
-            mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+            # Grouped runs train one model per group: each group gets its own curves.
+            prefix = f"group_{record['group']}_" if "group" in record else ""
+            mlflow.log_metrics({prefix + k: v for k, v in record.items() if k not in ("epoch", "group")}, step=record["epoch"])
 
         try:
             outcome = experiment.run(cfg, prepared, on_epoch=on_epoch)
@@ -205,7 +209,10 @@ def train_tracked(
             path = Path(tmp) / "config.yaml"
             path.write_text(yaml.safe_dump(cfg.to_params(), sort_keys=False))
             mlflow.log_artifact(str(path))
-        log_models(outcome.model, prepared, cfg)
+        if cfg.groups == "none":
+            log_models(outcome.model, prepared, cfg)
+        else:
+            mlflow.set_tag("deeprec.models", "one model per group; none logged")
         return RunResult(run.info.run_id, outcome.metrics, outcome.history)
 
 

@@ -26,7 +26,7 @@ def test_every_experiment_file_is_valid(path: Path) -> None:
 
 def test_the_report_tables_are_all_there() -> None:
     names = {p.stem for p in EXPERIMENT_FILES}
-    assert {"activations", "fills", "architectures", "noise", "side_info", "deeprec_tf", "autorec_paper", "refeed", "mask_noise"} <= names
+    assert {"activations", "fills", "architectures", "noise", "side_info", "deeprec_tf", "autorec_paper", "refeed", "mask_noise", "groups"} <= names
     assert len(load_experiment(ROOT / "experiments" / "architectures.yaml").rows) == 8
 
 
