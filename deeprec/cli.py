@@ -12,7 +12,7 @@ from deeprec import __version__, datasets
 from deeprec.config import FIELD_DOCS, TrainConfig
 from deeprec.errors import DeeprecError
 from deeprec.ratings import DUPLICATE_POLICIES
-from deeprec.splits import CANONICAL_SPLITS, REPORT_SEED, SPLIT_NAMES, describe_split, make_split
+from deeprec.splits import REPORT_SEED, SPLIT_NAMES, check_split_for, describe_split, make_split
 
 log = logging.getLogger("deeprec")
 
@@ -72,11 +72,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The validated config of the parsed options, checked before anything heavy is imported."""
-    cfg = TrainConfig.from_params({name: getattr(args, name) for name in FIELD_DOCS})
-    spec = datasets.get_spec(cfg.dataset)
-    if cfg.split in CANONICAL_SPLITS and spec.url is not None and spec.name != "ml-100k":
-        raise DeeprecError(f"split: {cfg.split} is ML-100K's canonical fold; use dataset=ml-100k")
-    return cfg
+    return TrainConfig.from_params({name: getattr(args, name) for name in FIELD_DOCS})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,10 +200,8 @@ def dataset_summary(dataset: datasets.Dataset) -> dict:
 
 def cmd_data_info(args: argparse.Namespace) -> int:
     spec = _spec(args)
-    if args.split is not None and args.split not in SPLIT_NAMES:  # checked before any loading
-        raise DeeprecError(f"unknown split {args.split!r}; choose one of: {', '.join(SPLIT_NAMES)}")
-    if args.split in CANONICAL_SPLITS and spec.url is not None and spec.name != "ml-100k":
-        raise DeeprecError(f"split {args.split} is ML-100K's canonical fold; use --dataset ml-100k (or a csv: copy of its u.data)")
+    if args.split is not None:
+        check_split_for(args.split, spec.name)  # before any loading
     dataset = datasets.load(spec, duplicates=args.duplicates, progress=_progress_printer(spec.archive_name or spec.name))
     summary = dataset_summary(dataset)
     if args.split is not None:

@@ -74,6 +74,10 @@ class TrainConfig:
         if not self.dataset.startswith("csv:"):
             _choice("dataset", self.dataset, tuple(datasets.DATASETS))
         _choice("split", self.split, splits.SPLIT_NAMES)
+        try:
+            splits.check_split_for(self.split, self.dataset)
+        except DeeprecError as exc:
+            raise ConfigError(f"split: {exc}") from None
         _choice("orientation", self.orientation, matrix.ORIENTATIONS)
         sizes = parse_arch(self.arch)
         _choice("activation", self.activation, ACTIVATIONS)

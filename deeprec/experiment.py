@@ -79,10 +79,12 @@ def index_pairs(prepared: Prepared, rows: np.ndarray) -> tuple[np.ndarray, np.nd
     )
 
 
-def predict_pairs(model: keras.Model, data: TrainingData, users: np.ndarray, items: np.ndarray, batch_rows: int = 1024) -> np.ndarray:
+def predict_pairs(
+    model: keras.Model, data: TrainingData, users: np.ndarray, items: np.ndarray, forward: Callable | None = None, batch_rows: int = 1024
+) -> np.ndarray:
     """Model predictions (unclipped) for known (user, item) index pairs, grouped by matrix row."""
     rows, cols = (users, items) if data.matrices.orientation == "user" else (items, users)
-    forward = compiled_forward(model, data.n_inputs)
+    forward = forward or compiled_forward(model, data.n_inputs)
     out = np.empty(len(rows), dtype=np.float32)
     unique_rows = np.unique(rows)
     for start in range(0, len(unique_rows), batch_rows):
@@ -94,13 +96,15 @@ def predict_pairs(model: keras.Model, data: TrainingData, users: np.ndarray, ite
     return out
 
 
-def test_predictions(model: keras.Model, prepared: Prepared, fallback: metrics.Baseline) -> tuple[np.ndarray, np.ndarray]:
+def test_predictions(
+    model: keras.Model, prepared: Prepared, fallback: metrics.Baseline, forward: Callable | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Unclipped predictions for every rating of the test split (in its order) and which of them
     the model made: a rating whose user or item is unseen in training gets `fallback`'s."""
     users, items, _ = index_pairs(prepared, prepared.split.test)
     known = (users != MISSING) & (items != MISSING)
     predictions = fallback.predict(users, items).astype(np.float32)
-    predictions[known] = predict_pairs(model, prepared.data, users[known], items[known])
+    predictions[known] = predict_pairs(model, prepared.data, users[known], items[known], forward)
     return predictions, known
 
 
@@ -122,29 +126,28 @@ def evaluate(model: keras.Model, prepared: Prepared) -> dict[str, float]:
         raise DeeprecError(f"split {prepared.split.name} has no test ratings to evaluate")
     n_users, n_items = len(data.matrices.users), len(data.matrices.items)
     baselines = {kind: metrics.fit_baseline(kind, train_u, train_i, train_r, n_users, n_items) for kind in metrics.BASELINES}
-    predictions, known = test_predictions(model, prepared, baselines["user_item_bias"])
+    forward = compiled_forward(model, data.n_inputs)  # traced once, for the test ratings and the ranking
+    predictions, known = test_predictions(model, prepared, baselines["user_item_bias"], forward)
     result = rating_metrics(prepared, prepared.split.test, predictions)
     result["test_unseen"] = float((~known).sum())
     for kind, baseline in baselines.items():
         guess = metrics.clip(baseline.predict(users, items), scale)
         result[f"baseline_{kind}_rmse"] = metrics.rmse(truth, guess)
-    result.update(_ranking(model, prepared, train_u, train_i, train_r, users, items, truth, known))
+    result.update(_ranking(model, prepared, forward, train_u, train_i, train_r, users, items, truth, known))
     return result
 
 
-def _ranking(model, prepared: Prepared, train_u, train_i, train_r, users, items, truth, known) -> dict[str, float]:
+def _ranking(model, prepared: Prepared, forward: Callable, train_u, train_i, train_r, users, items, truth, known) -> dict[str, float]:
     data = prepared.data
     n_users, n_items = len(data.matrices.users), len(data.matrices.items)
     train = to_csr(train_u, train_i, train_r, (n_users, n_items))
     test = to_csr(users[known], items[known], truth[known], (n_users, n_items))
     if data.matrices.orientation == "user":
-        forward = compiled_forward(model, data.n_inputs)
         score_rows: Callable[[np.ndarray], np.ndarray] = lambda rows: predict_rows(model, data, rows, forward)  # noqa: E731
     else:
         if n_users * n_items * 4 > DENSE_RANKING_BYTES:
             log.warning("ranking skipped: item-major ranking needs the %d x %d prediction matrix in memory", n_users, n_items)
             return {}
-        forward = compiled_forward(model, data.n_inputs)
         full = np.concatenate([predict_rows(model, data, np.arange(s, min(s + 1024, n_items)), forward) for s in range(0, n_items, 1024)]).T
         score_rows = lambda rows: full[rows]  # noqa: E731
     ranking = metrics.ranking_at_k(score_rows, train, test, k=RANKING_K, threshold=RELEVANT_RATING)

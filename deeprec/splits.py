@@ -126,6 +126,14 @@ def canonical_split(users: np.ndarray, name: str, seed: int = REPORT_SEED, valid
     return Split(name, seed, np.sort(train), np.sort(valid), test, _notes(validation=notes))
 
 
+def check_split_for(name: str, dataset: str) -> None:
+    """Fail before loading anything when a split cannot apply to a dataset (u1..u5 are ML-100K's)."""
+    if name not in SPLIT_NAMES:
+        raise DeeprecError(f"unknown split {name!r}; choose one of: {', '.join(SPLIT_NAMES)}")
+    if name in CANONICAL_SPLITS and dataset != "ml-100k" and not dataset.startswith("csv:"):
+        raise DeeprecError(f"split {name} is ML-100K's canonical fold; use dataset ml-100k (or a csv: copy of its u.data)")
+
+
 def make_split(name: str, users: np.ndarray, seed: int = REPORT_SEED) -> Split:
     """A split by name (see SPLIT_NAMES)."""
     if name == "holdout":

@@ -67,6 +67,7 @@ def test_from_params_accepts_mlflow_float_strings() -> None:
         ({"precision": "float16"}, "precision: unknown value"),
         ({"dataset": "ml-3m"}, "dataset: unknown value"),
         ({"split": "random"}, "split: unknown value"),
+        ({"split": "u1"}, "split: split u1 is ML-100K's canonical fold"),
         ({"model": "vae"}, "model: unknown value"),
         ({"l2": "nan"}, "l2: must be >= 0"),
         ({"learning_rate": "0.1"}, "learning_rate: unknown parameter"),
