@@ -137,6 +137,16 @@ class RatingMatrix:
             return Batch(rows, inputs[rows], targets[rows], mask[rows])
         return Batch(rows, *self._densify(rows))
 
+    def inputs(self, rows: np.ndarray) -> np.ndarray:
+        """Only the model input of `rows` (what prediction needs): no targets or mask are built."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._dense is not None:
+            return self._dense[0][rows]
+        block = self.values[rows]
+        inputs = self.fill.dense(rows, self.shape[1])
+        inputs[np.repeat(np.arange(len(rows)), np.diff(block.indptr)), block.indices] = block.data
+        return inputs
+
     def batches(self, batch_size: int, shuffle: bool = False, seed: int | None = None) -> Iterator[Batch]:
         """All rows in batches; shuffled with `seed` when asked."""
         if batch_size < 1:

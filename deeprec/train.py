@@ -27,6 +27,14 @@ from deeprec.models import MODELS
 log = logging.getLogger(__name__)
 
 EVAL_BATCH_ROWS = 1024
+# A block of predictions is densified with its inputs: cap its cells so a wide matrix (ML-20M's
+# item-major rows have 138,493 columns) evaluates in a few hundred MB, not gigabytes.
+EVAL_BLOCK_CELLS = 1 << 25
+
+
+def eval_block_rows(n_cols: int) -> int:
+    """Rows per evaluation block: EVAL_BATCH_ROWS, fewer for wide matrices (at least 64)."""
+    return max(64, min(EVAL_BATCH_ROWS, EVAL_BLOCK_CELLS // max(n_cols, 1)))
 
 
 class TrainingDiverged(DeeprecError):
@@ -141,7 +149,7 @@ class _Stepper:
 
 def model_inputs(data: TrainingData, rows: np.ndarray) -> np.ndarray:
     """The model's input for matrix rows: training ratings with the fill, then any side features."""
-    inputs = data.train.batch(rows).inputs
+    inputs = data.train.inputs(rows)
     return inputs if data.side is None else np.concatenate([inputs, data.side[rows]], axis=1)
 
 
@@ -160,8 +168,9 @@ def observed_errors(predict: Callable[[np.ndarray], np.ndarray], targets_by_name
     """Global per-rating RMSE of clipped predictions at each CSR's stored entries, in one pass."""
     sums = {name: 0.0 for name in targets_by_name}
     counts = {name: 0 for name in targets_by_name}
-    for start in range(0, n_rows, EVAL_BATCH_ROWS):
-        rows = np.arange(start, min(start + EVAL_BATCH_ROWS, n_rows))
+    block_rows = eval_block_rows(next(iter(targets_by_name.values())).shape[1])
+    for start in range(0, n_rows, block_rows):
+        rows = np.arange(start, min(start + block_rows, n_rows))
         predictions = np.clip(predict(rows), *scale)
         for name, csr in targets_by_name.items():
             block = csr[rows]

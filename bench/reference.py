@@ -1,0 +1,119 @@
+"""What the benchmarks compare deeprec against, and what they measure with.
+
+- The *notebook-style reference*: training the way the original Keras notebook did it, with plain
+  `Model.fit` on the dense, full user x item (or item x user) matrix and a masked loss that treats
+  0 as "missing". The model itself is built by deeprec's registry, so the two differ only in how
+  they train, not in what they train.
+- The machine's matrix-multiply rate and a dense autoencoder's FLOPs per epoch, so that seconds per
+  epoch can be read as a fraction of what the hardware does.
+
+Shared by bench/speed.py and bench/time_to_target.py; not part of the package.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import scipy.sparse as sp
+import tensorflow as tf
+
+from deeprec.config import TrainConfig
+from deeprec.models import MODELS
+
+
+def notebook_masked_mse(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    """The notebook's loss: squared error where the target is non-zero, per rating."""
+    mask = tf.cast(tf.not_equal(y_true, 0.0), tf.float32)
+    y_pred = tf.cast(y_pred, tf.float32)
+    return tf.reduce_sum(tf.square(y_true - y_pred) * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+
+
+class EpochClock(keras.callbacks.Callback):
+    """Wall seconds of every epoch of `Model.fit` (training plus its validation pass)."""
+
+    def __init__(self, on_epoch: Callable[[int, keras.Model], bool] | None = None) -> None:
+        super().__init__()
+        self.seconds: list[float] = []
+        self.on_epoch = on_epoch
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._tick = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.seconds.append(time.perf_counter() - self._tick)
+        if self.on_epoch is not None and self.on_epoch(epoch + 1, self.model):
+            self.model.stop_training = True
+
+
+def reference_fit(
+    cfg: TrainConfig,
+    train: sp.csr_matrix,
+    valid: sp.csr_matrix | None,
+    epochs: int,
+    on_epoch: Callable[[int, keras.Model], bool] | None = None,
+) -> tuple[keras.Model, list[float]]:
+    """Train like the notebook: dense matrices, `Model.fit(x, x, validation_data=(x, valid))`.
+
+    Returns the model and the seconds of each epoch. `on_epoch(epoch, model)` returning True stops.
+    With `valid=None` there is no validation pass (the caller's `on_epoch` evaluates instead).
+    Only zero fill and no input noise: that is all the notebook's loss and input could express.
+    """
+    keras.utils.set_random_seed(cfg.seed)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if cfg.precision == "bfloat16" else "float32")
+    try:
+        model = MODELS[cfg.model](cfg, train.shape[1], train.shape[1])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    optimizer = keras.optimizers.Adam(learning_rate=cfg.lr) if cfg.optimizer == "adam" else keras.optimizers.SGD(learning_rate=cfg.lr, momentum=cfg.momentum)
+    model.compile(optimizer=optimizer, loss=notebook_masked_mse)
+    x = train.toarray()
+    clock = EpochClock(on_epoch)
+    validation = None if valid is None else (x, valid.toarray())
+    model.fit(x, x, batch_size=cfg.batch_size, epochs=epochs, validation_data=validation, shuffle=True, verbose=0, callbacks=[clock])
+    return model, clock.seconds
+
+
+def matmul_gflops(dtype: tf.DType, n: int = 2048, repeats: int = 10) -> float:
+    """The measured rate of an n x n x n matrix multiply, GFLOP/s (median of `repeats`)."""
+    a = tf.random.uniform((n, n), dtype=tf.float32, seed=1)
+    b = tf.random.uniform((n, n), dtype=tf.float32, seed=2)
+    a, b = tf.cast(a, dtype), tf.cast(b, dtype)
+    matmul = tf.function(lambda x, y: tf.reduce_sum(tf.cast(tf.matmul(x, y)[0, :1], tf.float32)))
+    matmul(a, b).numpy()  # trace and warm the kernels
+    times = []
+    for _ in range(repeats):
+        tick = time.perf_counter()
+        matmul(a, b).numpy()
+        times.append(time.perf_counter() - tick)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def layer_sizes(cfg: TrainConfig, n_cols: int) -> list[int]:
+    """Widths from input to output: [n_cols, hidden..., n_cols]."""
+    return [n_cols, *cfg.hidden_sizes, n_cols]
+
+
+def gflop_per_epoch(cfg: TrainConfig, shape: tuple[int, int]) -> float:
+    """Dense matrix-multiply GFLOP of one epoch: training on every row plus one forward pass.
+
+    Training is a forward pass (2*in*out per layer and row), the weight gradient (2*in*out) and the
+    input gradient (2*in*out, except for the first layer, whose input needs none). The forward pass
+    afterwards is the per-epoch train/validation RMSE (deeprec) or validation loss (reference).
+    Element-wise work (activations, the optimizer update) is left out: it is small next to these.
+    """
+    n_rows, n_cols = shape
+    sizes = layer_sizes(cfg, n_cols)
+    forward = sum(2 * a * b for a, b in zip(sizes, sizes[1:]))
+    train = 3 * forward - 2 * sizes[0] * sizes[1]
+    return n_rows * (train + forward) / 1e9
+
+
+def median_after_warmup(seconds: list[float]) -> float:
+    """Median epoch time without the first epoch (it traces the graphs)."""
+    later = seconds[1:] or seconds
+    return statistics.median(later) if later else math.nan

@@ -1,0 +1,115 @@
+"""Seconds per epoch on ML-1M: deeprec's trainer against the notebook-style reference, and both
+against the machine's measured matrix-multiply rate.
+
+For U-AutoRec 500, I-AutoRec 500 and Deep [256,512,256] (SELU, dropout 0.8), in float32 and
+bfloat16, it trains each model with deeprec (`deeprec.train.fit`) and with the reference
+(`bench/reference.py`: plain Keras `Model.fit` on the dense full matrix with its 0-means-missing
+loss), in the same process, and prints the median seconds per epoch after a warm-up epoch. Both
+epochs include a pass over the validation ratings (deeprec also computes the training RMSE).
+
+    DEEPREC_DATA_DIR=../shared/data python bench/speed.py [--epochs 6] [--quick] [--json]
+
+`--quick` (under two minutes): float32 only, 4 epochs (3 timed), smaller matmul probe.
+`--json` ends with one JSON object: {"matmul_gflops": {"float32", "bfloat16"}, "models": {NAME: {...}}}.
+Run it on an otherwise idle machine: both trainers use every core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+import tensorflow as tf
+
+from reference import gflop_per_epoch, matmul_gflops, median_after_warmup, reference_fit
+
+from deeprec import datasets
+from deeprec.config import TrainConfig
+from deeprec.errors import DeeprecError
+from deeprec.matrix import build_matrices
+from deeprec.splits import make_split
+from deeprec.train import TrainingData, fit
+
+log = logging.getLogger("bench.speed")
+
+MODELS = {
+    "U-AutoRec 500": dict(orientation="user"),
+    "I-AutoRec 500": dict(orientation="item"),
+    "Deep [256,512,256]": dict(orientation="user", arch="256,512,256", activation="selu", dropout=0.8),
+}
+PRECISIONS = ("float32", "bfloat16")
+
+
+def measure(dataset: datasets.Dataset, epochs: int, precisions: tuple[str, ...], matmul_n: int) -> dict:
+    rates = {"float32": matmul_gflops(tf.float32, matmul_n)}
+    rates["bfloat16"] = matmul_gflops(tf.bfloat16, matmul_n)
+    log.info("matmul %d^3: float32 %.1f GFLOP/s, bfloat16 %.1f GFLOP/s", matmul_n, rates["float32"], rates["bfloat16"])
+    split = make_split("holdout", dataset.ratings.users)
+    models = {}
+    for name, overrides in MODELS.items():
+        for precision in precisions:
+            cfg = TrainConfig(epochs=epochs, patience=0, precision=precision, **overrides).validate()
+            matrices = build_matrices(dataset.ratings, split, cfg.orientation, cfg.fill)
+            _, history = fit(cfg, TrainingData(matrices, dataset.ratings.scale))
+            ours = median_after_warmup([h["seconds"] for h in history])
+            _, reference_seconds = reference_fit(cfg, matrices.train.values, matrices.valid, epochs)
+            reference = median_after_warmup(reference_seconds)
+            gflop = gflop_per_epoch(cfg, matrices.train.shape)
+            key = name if precision == "float32" else f"{name} {precision}"
+            models[key] = {
+                "seconds_per_epoch": round(ours, 3),
+                "reference_seconds_per_epoch": round(reference, 3),
+                "speedup": round(reference / ours, 2),
+                "gflop_per_epoch": round(gflop, 1),
+                "efficiency": round(gflop / ours / rates[precision], 3),
+                "reference_efficiency": round(gflop / reference / rates[precision], 3),
+            }
+            log.info("%s: %s", key, models[key])
+    return {"matmul_gflops": {k: round(v, 1) for k, v in rates.items()}, "models": models}
+
+
+def print_table(result: dict) -> None:
+    rates = result["matmul_gflops"]
+    print(f"matmul rate: float32 {rates['float32']:.1f} GFLOP/s, bfloat16 {rates['bfloat16']:.1f} GFLOP/s")
+    print(f"{'model':<30} {'deeprec s/epoch':>16} {'reference s/epoch':>18} {'speedup':>8} {'GFLOP/epoch':>12} {'efficiency':>10}")
+    for name, m in result["models"].items():
+        print(
+            f"{name:<30} {m['seconds_per_epoch']:>16.2f} {m['reference_seconds_per_epoch']:>18.2f} "
+            f"{m['speedup']:>7.2f}x {m['gflop_per_epoch']:>12.1f} {m['efficiency']:>10.0%}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="ml-1m")
+    parser.add_argument("--epochs", type=int, default=6, help="epochs per trainer; the first is warm-up (default 6)")
+    parser.add_argument("--quick", action="store_true", help="float32 only, 4 epochs: under two minutes")
+    parser.add_argument("--json", action="store_true", help="end with one JSON object")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("deeprec").setLevel(logging.WARNING)  # per-epoch lines would drown the figures
+    epochs = 4 if args.quick else args.epochs
+    if epochs < 2:
+        print("error: --epochs must be at least 2 (one warm-up epoch, then timed ones)", file=sys.stderr)
+        return 2
+    try:
+        dataset = datasets.load(datasets.get_spec(args.dataset))
+    except DeeprecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    precisions = PRECISIONS[:1] if args.quick else PRECISIONS
+    result = measure(dataset, epochs, precisions, matmul_n=1024 if args.quick else 2048)
+    print_table(result)
+    speedups = [m["speedup"] for m in result["models"].values()]
+    efficiencies = [m["efficiency"] for m in result["models"].values()]
+    print(f"summary: deeprec {min(speedups):.2f}-{max(speedups):.2f}x faster than the notebook-style reference; "
+          f"{min(efficiencies):.0%}-{max(efficiencies):.0%} of the measured matmul rate")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
