@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     cross.add_argument("--folds", type=_whole_number, default=5, help="number of folds (default 5)")
     cross.add_argument("--refit", nargs="?", const=True, default=False, type=_boolean, metavar="true|false",
                        help="then retrain on all non-test ratings for the CV-chosen epochs and evaluate on test once")
+    cross.add_argument("--ensemble", nargs="?", const=True, default=False, type=_boolean, metavar="true|false",
+                       help="also score the average of the K fold models on the test split once (ensemble_* metrics)")
     cross.add_argument("--run-name", default=None, help="MLflow run name of the parent run")
     cross.add_argument("--json", action="store_true", help="print one JSON object with the run id and CV (and test) metrics last")
 
@@ -269,7 +271,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     from deeprec import tracking  # heavy: imported only once the config is valid
 
     log.info("%s", tracking.tracking_summary())
-    run_id, result, test = tracking.track_cv(cfg, args.folds, refit=args.refit, run_name=args.run_name)
+    run_id, result, test = tracking.track_cv(cfg, args.folds, refit=args.refit, run_name=args.run_name, ensemble=args.ensemble)
     summary = {"run_id": run_id, **result.metrics(), "fold_valid_rmse": result.scores.tolist(), **test}
     if args.json:
         print(json.dumps(summary))
@@ -280,6 +282,9 @@ def cmd_cv(args: argparse.Namespace) -> int:
     for key in ("test_rmse", "test_rmse_user_avg", "test_mae"):
         if key in test:
             print(f"  refit {key:<22} {test[key]:.4f}")
+    for key in ("test_rmse", "test_rmse_user_avg", "test_mae"):
+        if f"ensemble_{key}" in test:
+            print(f"  {args.folds}-fold ensemble {key:<13} {test[f'ensemble_{key}']:.4f}")
     return 0
 
 

@@ -6,7 +6,9 @@ seed gives the same folds on every call. Each fold trains with early stopping on
 fold. The CV score is the mean of the folds' best validation RMSE (per rating); its spread is the
 population standard deviation across folds (numpy's default, ddof=0). `refit` retrains on all
 non-test ratings for the CV-chosen number of epochs (the folds' mean best epoch, rounded) and
-evaluates on the test split once.
+evaluates on the test split once. `ensemble` keeps each fold model's test predictions (clipped)
+and scores their average on the test split once: K models that each saw (K-1)/K of the non-test
+ratings, chosen by their own validation fold, combined without looking at the test ratings.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deeprec import datasets, experiment
+from deeprec import datasets, experiment, metrics
 from deeprec.config import TrainConfig
 from deeprec.errors import DeeprecError
 from deeprec.splits import Split, kfold_splits, make_split
@@ -32,6 +34,7 @@ class FoldResult:
     best_valid_rmse: float
     best_epoch: int
     history: list[dict]
+    test_predictions: np.ndarray | None = None  # clipped, in the base split's test order (ensembles only)
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,19 @@ class CVResult:
     def metrics(self) -> dict[str, float]:
         return {"cv_valid_rmse_mean": self.mean, "cv_valid_rmse_std": self.std, "cv_chosen_epochs": float(self.chosen_epochs)}
 
+    def ensemble_predictions(self) -> np.ndarray:
+        """The fold models' mean clipped test prediction (by Minkowski's inequality its RMSE is at
+        most the folds' mean RMSE)."""
+        if any(f.test_predictions is None for f in self.folds):
+            raise DeeprecError("ensemble: the folds were run without keeping their test predictions")
+        return np.mean([f.test_predictions for f in self.folds], axis=0)
+
+
+def ensemble_metrics(result: CVResult, dataset: datasets.Dataset, test_rows: np.ndarray) -> dict[str, float]:
+    """`ensemble_test_rmse`, `ensemble_test_rmse_user_avg`, ...: the fold models' average, scored once."""
+    metrics = experiment.ratings_metrics(dataset.ratings, test_rows, result.ensemble_predictions(), dataset.ratings.scale)
+    return {f"ensemble_{k}": v for k, v in metrics.items()}
+
 
 def fold_splits(cfg: TrainConfig, dataset: datasets.Dataset, folds: int) -> tuple[Split, list[Split]]:
     """The base split (whose test part is held out) and K fold splits of its non-test ratings."""
@@ -72,15 +88,25 @@ def fold_splits(cfg: TrainConfig, dataset: datasets.Dataset, folds: int) -> tupl
     ]
 
 
-def run_fold(cfg: TrainConfig, dataset: datasets.Dataset, split: Split, fold: int, on_epoch: FoldEpochCallback | None = None) -> FoldResult:
-    """Train one fold with early stopping on its validation ratings."""
+def run_fold(
+    cfg: TrainConfig, dataset: datasets.Dataset, split: Split, fold: int, on_epoch: FoldEpochCallback | None = None, ensemble: bool = False
+) -> FoldResult:
+    """Train one fold with early stopping on its validation ratings; with `ensemble`, also keep the
+    fold model's clipped predictions of the test ratings (unseen users/items: the fold's bias baseline)."""
     from deeprec.train import fit  # TensorFlow: imported when a model is trained
 
     prepared = experiment.prepare(cfg, dataset=dataset, split=split)
-    _, history = fit(cfg, prepared.data, on_epoch=None if on_epoch is None else (lambda record: on_epoch(fold, record)))
+    model, history = fit(cfg, prepared.data, on_epoch=None if on_epoch is None else (lambda record: on_epoch(fold, record)))
     valid = [h["valid_rmse"] for h in history]
     best = int(np.argmin(valid))
-    return FoldResult(fold, float(valid[best]), int(history[best]["epoch"]), history)
+    test_predictions = None
+    if ensemble:
+        train_u, train_i, train_r = experiment.index_pairs(prepared, split.train)
+        m = prepared.data.matrices
+        fallback = metrics.fit_baseline("user_item_bias", train_u, train_i, train_r, len(m.users), len(m.items))
+        raw, _ = experiment.test_predictions(model, prepared, fallback)
+        test_predictions = metrics.clip(raw, prepared.data.scale)
+    return FoldResult(fold, float(valid[best]), int(history[best]["epoch"]), history, test_predictions)
 
 
 def cross_validate(
@@ -89,13 +115,14 @@ def cross_validate(
     dataset: datasets.Dataset | None = None,
     on_epoch: FoldEpochCallback | None = None,
     on_fold: Callable[[FoldResult], None] | None = None,
+    ensemble: bool = False,
 ) -> CVResult:
     """Train every fold in turn; `on_fold` sees each result as soon as it is known."""
     dataset = dataset or datasets.load(datasets.get_spec(cfg.dataset))
     _, splits = fold_splits(cfg, dataset, folds)
     results = []
     for fold, split in enumerate(splits):
-        result = run_fold(cfg, dataset, split, fold, on_epoch)
+        result = run_fold(cfg, dataset, split, fold, on_epoch, ensemble=ensemble)
         results.append(result)
         if on_fold is not None:
             on_fold(result)

@@ -110,9 +110,13 @@ def test_predictions(
 
 def rating_metrics(prepared: Prepared, rows: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
     """test_rmse, test_mae, test_rmse_user_avg (per raw user) and test_ratings for ratings `rows`."""
-    ratings = prepared.dataset.ratings
+    return ratings_metrics(prepared.dataset.ratings, rows, predictions, prepared.data.scale)
+
+
+def ratings_metrics(ratings, rows: np.ndarray, predictions: np.ndarray, scale: tuple[float, float]) -> dict[str, float]:
+    """The same from the ratings themselves (for predictions that no single Prepared made)."""
     user_labels = pd.factorize(ratings.users[rows])[0]
-    result = {f"test_{k}": v for k, v in metrics.evaluate_ratings(user_labels, ratings.values[rows], predictions, prepared.data.scale).items()}
+    result = {f"test_{k}": v for k, v in metrics.evaluate_ratings(user_labels, ratings.values[rows], predictions, scale).items()}
     result["test_ratings"] = float(len(rows))
     return result
 

@@ -127,24 +127,30 @@ def fold_figure(folds: list[cv.FoldResult]) -> Figure:
     return fig
 
 
-def track_cv(cfg: TrainConfig, folds: int, refit: bool = False, run_name: str | None = None) -> tuple[str, cv.CVResult, dict[str, float]]:
+def track_cv(
+    cfg: TrainConfig, folds: int, refit: bool = False, run_name: str | None = None, ensemble: bool = False
+) -> tuple[str, cv.CVResult, dict[str, float]]:
     """One parent run (mean ± std over folds, per-fold metrics with step=fold, a fold plot) and one
     nested run per fold with its per-epoch curves; with `refit`, a nested "refit" run trained on
-    all non-test ratings for the CV-chosen epochs and evaluated on the test split once."""
+    all non-test ratings for the CV-chosen epochs and evaluated on the test split once; with
+    `ensemble`, the fold models' average scored on the test split (`ensemble_*` on the parent)."""
     cfg.validate()
     dataset = experiment.datasets.load(experiment.datasets.get_spec(cfg.dataset))
-    _, splits = cv.fold_splits(cfg, dataset, folds)
+    base, splits = cv.fold_splits(cfg, dataset, folds)
     results: list[cv.FoldResult] = []
     with mlflow.start_run(run_name=run_name or f"cv {folds} folds") as parent:
         log_config(cfg)
-        mlflow.log_param("folds", folds)
+        mlflow.log_params({"folds": folds, "ensemble": ensemble})
         mlflow.set_tags(run_tags(cfg, dataset, {"deeprec.kind": "cv"}))
         for fold, split in enumerate(splits):
             with mlflow.start_run(run_name=f"fold {fold + 1}/{folds}", nested=True):
                 log_config(cfg)
                 mlflow.log_param("fold", fold + 1)
                 mlflow.set_tags(run_tags(cfg, dataset, {"deeprec.kind": "cv-fold"}))
-                result = cv.run_fold(cfg, dataset, split, fold, on_epoch=lambda _, r: mlflow.log_metrics({k: v for k, v in r.items() if k != "epoch"}, step=r["epoch"]))
+                result = cv.run_fold(
+                    cfg, dataset, split, fold, ensemble=ensemble,
+                    on_epoch=lambda _, r: mlflow.log_metrics({k: v for k, v in r.items() if k != "epoch"}, step=r["epoch"]),
+                )
                 mlflow.log_metrics({"best_valid_rmse": result.best_valid_rmse, "best_epoch": float(result.best_epoch)})
                 log_history(result.history)
             results.append(result)
@@ -153,9 +159,13 @@ def track_cv(cfg: TrainConfig, folds: int, refit: bool = False, run_name: str | 
         mlflow.log_metrics(summary.metrics())
         mlflow.log_figure(fold_figure(results), "curves/folds.png")
         test_metrics: dict[str, float] = {}
-        if refit:
-            _, test_metrics = tracked_refit(cfg, summary.chosen_epochs, dataset)
+        if ensemble:
+            test_metrics.update(cv.ensemble_metrics(summary, dataset, base.test))
             mlflow.log_metrics(test_metrics)
+        if refit:
+            _, refit_metrics = tracked_refit(cfg, summary.chosen_epochs, dataset)
+            mlflow.log_metrics(refit_metrics)
+            test_metrics.update(refit_metrics)
         return parent.info.run_id, summary, test_metrics
 
 

@@ -56,7 +56,7 @@ def test_aggregation_against_hand_computed_values() -> None:
 def test_tracked_cv_with_refit(workspace: Path, capsys: pytest.CaptureFixture) -> None:
     from deeprec.cli import main
 
-    assert main(["cv", "--folds", "2", "--refit", "--json", *[f"--{k}={v}" for k, v in TINY.items()]]) == 0
+    assert main(["cv", "--folds", "2", "--refit", "--ensemble", "--json", *[f"--{k}={v}" for k, v in TINY.items()]]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     client = MlflowClient()
     parent = client.get_run(summary["run_id"])
@@ -66,6 +66,7 @@ def test_tracked_cv_with_refit(workspace: Path, capsys: pytest.CaptureFixture) -
     assert parent.data.metrics["cv_valid_rmse_mean"] == pytest.approx(np.mean(folds))
     assert parent.data.metrics["cv_valid_rmse_std"] == pytest.approx(np.std(folds))
     assert np.isfinite(parent.data.metrics["test_rmse"])  # the refit's test metrics, on the parent too
+    assert parent.data.params["ensemble"] == "True" and summary["ensemble_test_rmse"] == pytest.approx(parent.data.metrics["ensemble_test_rmse"])
     assert "curves/folds.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "curves")}
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     names = sorted(r.info.run_name for r in children)
@@ -85,3 +86,35 @@ def test_refit_trains_on_every_non_test_rating(workspace: Path) -> None:
     assert [h["epoch"] for h in outcome.history] == [1, 2, 3]  # no early stopping without validation
     base, _ = cv.fold_splits(cfg, dataset, 2)
     assert outcome.metrics["test_ratings"] == len(base.test)
+
+
+def test_fold_ensemble_scores_the_mean_of_the_fold_models(workspace: Path) -> None:
+    from deeprec import cv, datasets, experiment
+
+    cfg = TrainConfig(**{**TINY, "epochs": 20, "lr": 0.02}).validate()  # trained enough to predict inside the scale
+    dataset = datasets.load(datasets.get_spec(cfg.dataset))
+    base, _ = cv.fold_splits(cfg, dataset, 3)
+    result = cv.cross_validate(cfg, folds=3, dataset=dataset, ensemble=True)
+    scale = dataset.ratings.scale
+    truth = dataset.ratings.values[base.test]
+    per_fold = [f.test_predictions for f in result.folds]
+    assert all(p.shape == truth.shape and p.min() >= scale[0] and p.max() <= scale[1] for p in per_fold)
+    assert all(np.ptp(p) > 0.5 for p in per_fold)
+    assert not np.allclose(per_fold[0], per_fold[1])  # different models, different predictions
+    ensemble = cv.ensemble_metrics(result, dataset, base.test)
+    by_hand = np.sqrt(np.mean((np.mean(per_fold, axis=0) - truth) ** 2))
+    assert ensemble["ensemble_test_rmse"] == pytest.approx(by_hand, rel=1e-5)
+    fold_rmses = [np.sqrt(np.mean((p - truth) ** 2)) for p in per_fold]
+    assert ensemble["ensemble_test_rmse"] <= np.mean(fold_rmses) + 1e-9  # Minkowski: never worse than the folds' mean
+    assert ensemble["ensemble_test_ratings"] == len(base.test)
+    assert set(experiment.ratings_metrics(dataset.ratings, base.test, per_fold[0], scale)) == {k.removeprefix("ensemble_") for k in ensemble}
+
+
+def test_cv_without_ensemble_keeps_no_predictions(workspace: Path) -> None:
+    from deeprec import cv, datasets
+
+    cfg = TrainConfig(**TINY).validate()
+    result = cv.cross_validate(cfg, folds=2, dataset=datasets.load(datasets.get_spec(cfg.dataset)))
+    assert all(f.test_predictions is None for f in result.folds)
+    with pytest.raises(DeeprecError, match="without keeping their test predictions"):
+        result.ensemble_predictions()
