@@ -59,8 +59,8 @@ def measure(dataset: datasets.Dataset, epochs: int, precisions: tuple[str, ...],
             gflop = gflop_per_epoch(cfg, matrices.train.shape)
             key = name if precision == "float32" else f"{name} {precision}"
             models[key] = {
-                "seconds_per_epoch": round(ours, 3),
-                "reference_seconds_per_epoch": round(reference, 3),
+                "seconds_per_epoch": round(ours, 4),
+                "reference_seconds_per_epoch": round(reference, 4),
                 "speedup": round(reference / ours, 2),
                 "gflop_per_epoch": round(gflop, 1),
                 "efficiency": round(gflop / ours / rates[precision], 3),

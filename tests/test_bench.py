@@ -1,0 +1,85 @@
+"""The benchmark scripts' own logic: FLOP counts, the synthetic data, and the --json contracts.
+
+They are not timed here (speed belongs in bench/, not in tests); the end-to-end runs use tiny
+ML-1M-format data so they check that the scripts work and print what they promise.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import synthetic_ratings, write_ml1m
+from deeprec.config import TrainConfig
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import reference  # noqa: E402
+import scale  # noqa: E402
+
+
+def test_gflop_per_epoch_against_hand_count() -> None:
+    cfg = TrainConfig(arch="500")
+    rows, cols = 6040, 3706
+    forward = 2 * cols * 500 * 2  # two layers, 2 FLOP per multiply-add
+    train = 3 * forward - 2 * cols * 500  # the first layer's input needs no gradient
+    assert reference.gflop_per_epoch(cfg, (rows, cols)) == pytest.approx(rows * (train + forward) / 1e9)
+    deep = TrainConfig(arch="256,512,256")
+    assert reference.layer_sizes(deep, 10) == [10, 256, 512, 256, 10]
+
+
+def test_notebook_loss_ignores_zeros_and_averages_per_rating() -> None:
+    y = np.array([[5.0, 0.0, 3.0], [0.0, 0.0, 1.0]], dtype=np.float32)
+    p = np.array([[4.0, 9.0, 3.0], [9.0, 9.0, 3.0]], dtype=np.float32)
+    assert float(reference.notebook_masked_mse(y, p)) == pytest.approx((1 + 0 + 4) / 3)
+
+
+def test_synthetic_ratings_are_movielens_like() -> None:
+    users, items, ratings = scale.synthetic_ratings(300, 200, 12_000, seed=1)
+    assert len(ratings) == 12_000
+    assert len(np.unique(users * 200 + items)) == 12_000  # unique (user, item) pairs
+    assert set(np.unique(ratings)) <= {1.0, 2.0, 3.0, 4.0, 5.0} and 3.2 < ratings.mean() < 3.9
+    popularity = np.sort(np.bincount(items, minlength=200))[::-1]
+    assert popularity[:20].sum() > 3 * popularity[-20:].sum()  # a long tail, not uniform
+    assert users.max() < 300 and items.max() < 200
+
+
+def test_growth_exponent_is_the_log_log_slope() -> None:
+    assert scale.growth_exponent([1e5, 1e6, 1e7], [1.0, 10.0, 100.0]) == pytest.approx(1.0)
+    assert scale.growth_exponent([1e5, 1e6], [1.0, 100.0]) == pytest.approx(2.0)
+
+
+@pytest.fixture
+def tiny_ml1m(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    write_ml1m(tmp_path / "data" / "ml-1m", synthetic_ratings(n_users=60, n_items=40, per_user=(12, 25), seed=3))
+    monkeypatch.setenv("DEEPREC_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path
+
+
+def test_speed_quick_json_contract(tiny_ml1m: Path, capsys: pytest.CaptureFixture) -> None:
+    import speed
+
+    assert speed.main(["--quick", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result["matmul_gflops"]) == {"float32", "bfloat16"} and result["matmul_gflops"]["float32"] > 0
+    assert set(result["models"]) == set(speed.MODELS)
+    for figures in result["models"].values():
+        assert {"seconds_per_epoch", "reference_seconds_per_epoch", "speedup", "gflop_per_epoch", "efficiency"} <= set(figures)
+        assert figures["speedup"] == pytest.approx(figures["reference_seconds_per_epoch"] / figures["seconds_per_epoch"], rel=0.05)
+
+
+def test_speed_rejects_an_unknown_dataset(tiny_ml1m: Path, capsys: pytest.CaptureFixture) -> None:
+    import speed
+
+    assert speed.main(["--dataset", "ml-99m"]) == 2
+    assert "ml-99m" in capsys.readouterr().err
+
+
+def test_scale_rejects_an_unknown_shape(capsys: pytest.CaptureFixture) -> None:
+    assert scale.main(["--shapes", "ml-5m"]) == 2
+    assert "ml-5m" in capsys.readouterr().err
