@@ -74,6 +74,17 @@ def test_default_space_file_is_the_built_in_default() -> None:
     assert tune.load_space().params == tune.DEFAULT_PARAMS
 
 
+def test_accuracy_space_yields_valid_item_configs() -> None:
+    space = tune.load_space(ROOT / "experiments" / "accuracy_space.yaml")
+    assert space.fixed["orientation"] == "item" and {"l2", "lr", "dropout", "arch", "noise"} <= set(space.params)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        base = space.base_config(TrainConfig())
+        cfg = tune.trial_config(base, {name: spec.suggest(trial, name) for name, spec in space.params.items()})
+        assert cfg.orientation == "item" and 1e-5 <= cfg.l2 <= 1e-3 and cfg.arch in ("500", "1000")
+
+
 def test_space_file_adds_drops_and_fixes(tmp_path: Path) -> None:
     path = tmp_path / "my_space.yaml"
     path.write_text(yaml.safe_dump({
