@@ -440,6 +440,10 @@ def display_storage(url: str) -> str:
         return url
 
 
+SCHEMA_RACE_ATTEMPTS = 5
+SCHEMA_RACE_SIGNS = ("already exists", "unique constraint failed", "duplicate key", "duplicate entry")
+
+
 def open_storage(
     url: str,
     heartbeat_interval: int = DEFAULT_HEARTBEAT_INTERVAL,
@@ -458,15 +462,25 @@ def open_storage(
     except sqlalchemy.exc.ArgumentError:
         raise DeeprecError(f"storage {shown}: not a SQLAlchemy URL (sqlite:///PATH, postgresql+psycopg2://USER@HOST/DB) or journal:PATH") from None
     engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if dialect == "sqlite" else {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-            heartbeat_stale_trial_callback=on_stale,
-        )
-    except ImportError as exc:
-        raise DeeprecError(f"storage {shown}: database driver missing ({exc}); e.g. pip install psycopg2-binary for PostgreSQL") from None
-    except sqlalchemy.exc.SQLAlchemyError as exc:
-        raise DeeprecError(f"storage {shown}: {' '.join(str(exc.orig if getattr(exc, 'orig', None) else exc).split())[:300]}") from None
+    for attempt in range(1, SCHEMA_RACE_ATTEMPTS + 1):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                heartbeat_stale_trial_callback=on_stale,
+            )
+        except ImportError as exc:
+            raise DeeprecError(f"storage {shown}: database driver missing ({exc}); e.g. pip install psycopg2-binary for PostgreSQL") from None
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            message = " ".join(str(exc.orig if getattr(exc, "orig", None) else exc).split())
+            # Workers (or machines) that start together on a new database race to create Optuna's
+            # tables; the losers see "already exists" / a duplicate key. The tables are there by
+            # then, so opening again succeeds.
+            if attempt < SCHEMA_RACE_ATTEMPTS and any(sign in message.lower() for sign in SCHEMA_RACE_SIGNS):
+                log.info("storage %s: another process is creating the tables; retrying", shown)
+                time.sleep(0.5 * attempt)
+                continue
+            raise DeeprecError(f"storage {shown}: {message[:300]}") from None
+    raise AssertionError("unreachable")
 
 
 def default_study_name(cfg: TrainConfig, space: SearchSpace) -> str:

@@ -220,6 +220,26 @@ def test_default_storage_sits_beside_an_sqlite_mlflow_store(tmp_path: Path, monk
     assert tune.default_storage("file:///somewhere/mlruns") == f"sqlite:///{tmp_path}/optuna.db"
 
 
+OPEN_AT = """
+import sys, time
+from deeprec import tune
+start = float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))  # every process opens the fresh database at the same moment
+tune.open_storage(sys.argv[1])
+"""
+
+
+def test_workers_starting_together_on_a_new_database_all_open_it(tmp_path: Path) -> None:
+    # Optuna creates its tables on first open; processes that start together race on that
+    # (sqlite: "table alembic_version already exists"). Every one of them must still get in.
+    for round_ in range(2):
+        url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
+        start = time.time() + 6.0  # after every interpreter has imported optuna
+        workers = [subprocess.Popen([sys.executable, "-c", OPEN_AT, url, str(start)], stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        failures = [w.stderr.read() for w in workers if w.wait(timeout=120) != 0]
+        assert not failures, failures[0][-500:]
+
+
 def test_storage_urls_hide_passwords_and_bad_ones_fail_in_one_line(tmp_path: Path) -> None:
     assert tune.display_storage("postgresql+psycopg2://me:secret@db.example:5432/optuna") == "postgresql+psycopg2://me:***@db.example:5432/optuna"
     assert tune.display_storage("journal:/x/j.log") == "journal:/x/j.log"
