@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from deeprec import sparse
 from deeprec.config import TrainConfig
 from deeprec.errors import DeeprecError
 from deeprec.losses import masked_mse
@@ -190,11 +191,19 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
     """
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(cfg, data)
-    stepper = _Stepper(cfg, model, data)
-    forward = compiled_forward(model, data.n_inputs)
     n_rows = data.train.shape[0]
     has_valid = data.matrices.valid.nnz > 0
     targets = {"train_rmse": data.train.values, **({"valid_rmse": data.matrices.valid} if has_valid else {})}
+    # Data too large for the dense cache trains on its CSR rows when the config allows (see sparse.py):
+    # time then grows with the ratings, not with users x items.
+    use_sparse = data.train.dense_arrays is None and sparse.supports(cfg, data.train.fill_name, data.side is not None)
+    if use_sparse:
+        log.info("training on sparse rows: %d x %d, %d ratings", *data.train.shape, data.train.nnz)
+        sparse_step = sparse.SparseStepper(cfg, model, data.train, make_optimizer(cfg)).step
+        sparse_errors = sparse.SparseEvaluator(model, data.train, targets, data.scale)
+    else:
+        stepper = _Stepper(cfg, model, data)
+        forward = compiled_forward(model, data.n_inputs)
     rng = np.random.default_rng(cfg.seed)
     history: list[dict] = []
     best_rmse, best_weights, best_epoch, started = math.inf, None, 0, time.perf_counter()
@@ -204,7 +213,9 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
         losses, weights = [], []
         for start in range(0, n_rows, cfg.batch_size):
             rows = order[start : start + cfg.batch_size]
-            if data.train.dense_arrays is not None:
+            if use_sparse:
+                loss = sparse_step(tf.constant(rows))
+            elif data.train.dense_arrays is not None:
                 loss = stepper.step_cached(rows)
             else:
                 b = data.train.batch(rows)
@@ -215,7 +226,10 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training loss became {train_loss} at epoch {epoch}; try a lower lr, a smaller l2 or float32 precision")
         train_seconds = time.perf_counter() - tick
-        errors = observed_errors(lambda r: predict_rows(model, data, r, forward), targets, n_rows, data.scale)
+        if use_sparse:
+            errors = sparse_errors(n_rows)
+        else:
+            errors = observed_errors(lambda r: predict_rows(model, data, r, forward), targets, n_rows, data.scale)
         seconds = time.perf_counter() - tick
         record = {"epoch": epoch, "train_loss": train_loss, **errors, "seconds": seconds, "train_seconds": train_seconds}
         history.append(record)

@@ -1,0 +1,153 @@
+"""Training steps and per-epoch RMSE straight from the CSR rows, for zero-filled data too large to
+densify (ML-10M/20M shapes).
+
+A dense batch costs rows x columns x hidden multiply-adds in the first and the last layer, although
+only the observed entries carry information: with a zero fill the input is sparse, and the masked
+loss needs the output only where a rating was observed. This path computes exactly those:
+
+- first layer: a sparse x dense product of the batch's observed ratings with the kernel;
+- middle layers: the model's own Keras layers (dropout included), unchanged;
+- output layer: for each observed (row, column), the dot product of the row's last hidden vector
+  with that column of the output kernel.
+
+The loss (masked MSE per rating), the L2 penalties (`model.losses`) and hence the gradients are the
+dense path's; only the random draws of input noise differ. Time per epoch grows with the number of
+ratings instead of users x items. It applies to zero fill, no or dropout/mask input noise, no dense
+re-feeding, no side information, untied float32 models (`supports`); anything else trains densely.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import scipy.sparse as sp
+import tensorflow as tf
+
+from deeprec.config import TrainConfig
+from deeprec.matrix import RatingMatrix
+
+
+def supports(cfg: TrainConfig, fill_name: str, has_side: bool) -> bool:
+    """Whether the sparse path computes what the dense path would for this config and the
+    training matrix's fill (`RatingMatrix.fill_name`)."""
+    return (
+        fill_name == "zero"
+        and cfg.noise in ("none", "dropout", "mask")
+        and cfg.refeed == 0
+        and not has_side
+        and not cfg.tied
+        and cfg.precision == "float32"
+    )
+
+
+class _RaggedRows:
+    """A CSR matrix in TensorFlow: any set of rows as flat (position in batch, column, value)."""
+
+    def __init__(self, csr: sp.csr_matrix) -> None:
+        splits = tf.constant(csr.indptr.astype(np.int64))
+        self.values = tf.RaggedTensor.from_row_splits(tf.constant(csr.data.astype(np.float32)), splits)
+        self.columns = tf.RaggedTensor.from_row_splits(tf.constant(csr.indices.astype(np.int64)), splits)
+
+    def take(self, rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        values = tf.gather(self.values, rows)
+        return values.value_rowids(), tf.gather(self.columns, rows).flat_values, values.flat_values
+
+
+class SparseModel:
+    """The sparse forward pass of an autoencoder built by `models.build_autoencoder`."""
+
+    def __init__(self, model: keras.Model) -> None:
+        dense_layers = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+        self.first, self.output = dense_layers[0], dense_layers[-1]
+        first_at, output_at = model.layers.index(self.first), model.layers.index(self.output)
+        self.middle = model.layers[first_at + 1 : output_at]
+
+    def hidden(self, positions: tf.Tensor, columns: tf.Tensor, values: tf.Tensor, n_rows: tf.Tensor, training: bool) -> tf.Tensor:
+        """The last hidden layer's output for `n_rows` rows given their observed inputs."""
+        inputs = tf.SparseTensor(tf.stack([positions, columns], axis=1), values, tf.stack([n_rows, tf.cast(tf.shape(self.first.kernel)[0], tf.int64)]))
+        x = self.first.activation(tf.sparse.sparse_dense_matmul(inputs, self.first.kernel) + self.first.bias)
+        for layer in self.middle:
+            x = layer(x, training=training)
+        return x
+
+    def at(self, hidden: tf.Tensor, positions: tf.Tensor, columns: tf.Tensor) -> tf.Tensor:
+        """Predictions at (row position, column) pairs only."""
+        kernel_rows = tf.gather(tf.transpose(self.output.kernel), columns)
+        raw = tf.reduce_sum(tf.gather(hidden, positions) * kernel_rows, axis=1) + tf.gather(self.output.bias, columns)
+        return self.output.activation(raw)
+
+
+class SparseStepper:
+    """The compiled training step on CSR rows (see the module docstring)."""
+
+    def __init__(self, cfg: TrainConfig, model: keras.Model, train: RatingMatrix, optimizer: keras.optimizers.Optimizer) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.sparse = SparseModel(model)
+        self.rows = _RaggedRows(train.values)
+        self.optimizer = optimizer
+        self.noise_rng = tf.random.Generator.from_seed(cfg.seed)
+        self.step = tf.function(self._step)
+
+    def _corrupt(self, values: tf.Tensor) -> tf.Tensor:
+        level = self.cfg.noise_level
+        if self.cfg.noise == "none" or level == 0:
+            return values
+        keep = self.noise_rng.uniform(tf.shape(values)) >= level
+        # dropout rescales the kept inputs like Keras's Dropout; mask (CDAE) reverts dropped ratings
+        # to the zero fill. Unobserved inputs are 0 either way, as in the dense path.
+        return tf.where(keep, values / (1.0 - level) if self.cfg.noise == "dropout" else values, 0.0)
+
+    def _step(self, rows: tf.Tensor) -> tf.Tensor:
+        positions, columns, values = self.rows.take(rows)
+        with tf.GradientTape() as tape:
+            hidden = self.sparse.hidden(positions, columns, self._corrupt(values), tf.cast(tf.shape(rows)[0], tf.int64), training=True)
+            predictions = self.sparse.at(hidden, positions, columns)
+            loss = tf.reduce_mean(tf.square(values - predictions))
+            if self.model.losses:
+                loss += tf.add_n([tf.cast(v, tf.float32) for v in self.model.losses])
+        # Gathered kernels give IndexedSlices gradients; Keras's optimizers would update only those
+        # rows (lazy Adam moments). Dense gradients keep the dense path's exact update.
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, self.model.trainable_weights)]
+        self.optimizer.apply(grads, self.model.trainable_weights)
+        return loss
+
+
+class SparseEvaluator:
+    """Per-rating RMSE of clipped predictions at the observed entries of several CSR matrices, in
+    one pass over the rows (each block's hidden layer is computed once for all of them)."""
+
+    def __init__(
+        self, model: keras.Model, train: RatingMatrix, targets_by_name: dict[str, sp.csr_matrix], scale: tuple[float, float], block_rows: int = 4096
+    ) -> None:
+        self.sparse = SparseModel(model)
+        self.inputs = _RaggedRows(train.values)
+        self.targets = {name: _RaggedRows(csr) for name, csr in targets_by_name.items()}
+        self.scale = scale
+        self.block_rows = block_rows
+        self.hidden = tf.function(self._hidden)
+        self.squared_errors = tf.function(self._squared_errors, reduce_retracing=True)
+
+    def _hidden(self, rows: tf.Tensor) -> tf.Tensor:
+        positions, columns, values = self.inputs.take(rows)
+        return self.sparse.hidden(positions, columns, values, tf.cast(tf.shape(rows)[0], tf.int64), training=False)
+
+    def _squared_errors(self, hidden: tf.Tensor, rows: tf.Tensor, values: tf.RaggedTensor, columns: tf.RaggedTensor) -> tuple[tf.Tensor, tf.Tensor]:
+        wanted = tf.gather(values, rows)
+        predictions = self.sparse.at(hidden, wanted.value_rowids(), tf.gather(columns, rows).flat_values)
+        errors = tf.clip_by_value(predictions, *self.scale) - wanted.flat_values
+        return tf.reduce_sum(tf.square(errors)), tf.cast(tf.size(errors), tf.float32)
+
+    def __call__(self, n_rows: int) -> dict[str, float]:
+        targets = self.targets
+        totals = {name: [0.0, 0.0] for name in targets}
+        for start in range(0, n_rows, self.block_rows):
+            rows = tf.range(start, min(start + self.block_rows, n_rows), dtype=tf.int64)
+            hidden = self.hidden(rows)
+            for name, target in targets.items():
+                squared, count = self.squared_errors(hidden, rows, target.values, target.columns)
+                totals[name][0] += float(squared)
+                totals[name][1] += float(count)
+        return {name: math.sqrt(total / count) if count else float("nan") for name, (total, count) in totals.items()}
