@@ -3,7 +3,9 @@
 Speed notes: batches are dense (TensorFlow's sparse kernels were 2-8x slower at ML-1M size on
 this CPU); when the training matrix fits in memory it lives in TensorFlow once and each step
 gathers its rows inside the compiled function, so no batch is copied from Python. Input noise is
-applied inside the step because the CDAE-style mask noise needs the observed mask.
+applied inside the step because the CDAE-style mask noise needs the observed mask. Data too large
+for that cache trains on its CSR rows when the config allows it (deeprec/sparse.py), and densifies
+one batch at a time otherwise.
 """
 
 from __future__ import annotations
