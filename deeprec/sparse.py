@@ -29,6 +29,23 @@ from deeprec.config import TrainConfig
 from deeprec.matrix import RatingMatrix
 
 
+EVAL_BLOCK_RATINGS = 1 << 18
+
+
+def _blocks(per_row: np.ndarray, max_rows: int, max_ratings: int) -> list[tuple[int, int]]:
+    """Consecutive (start, stop) row ranges of at most `max_rows` rows and, unless a single row
+    has more, at most `max_ratings` ratings."""
+    blocks, start, total = [], 0, 0
+    for row, count in enumerate(per_row.tolist()):
+        if row > start and (row - start >= max_rows or total + count > max_ratings):
+            blocks.append((start, row))
+            start, total = row, 0
+        total += count
+    if start < len(per_row):
+        blocks.append((start, len(per_row)))
+    return blocks
+
+
 def supports(cfg: TrainConfig, fill_name: str, has_side: bool) -> bool:
     """Whether the sparse path computes what the dense path would for this config and the
     training matrix's fill (`RatingMatrix.fill_name`)."""
@@ -120,13 +137,22 @@ class SparseEvaluator:
     one pass over the rows (each block's hidden layer is computed once for all of them)."""
 
     def __init__(
-        self, model: keras.Model, train: RatingMatrix, targets_by_name: dict[str, sp.csr_matrix], scale: tuple[float, float], block_rows: int = 4096
+        self,
+        model: keras.Model,
+        train: RatingMatrix,
+        targets_by_name: dict[str, sp.csr_matrix],
+        scale: tuple[float, float],
+        block_rows: int = 4096,
+        block_ratings: int = EVAL_BLOCK_RATINGS,
     ) -> None:
         self.sparse = SparseModel(model)
         self.inputs = _RaggedRows(train.values)
         self.targets = {name: _RaggedRows(csr) for name, csr in targets_by_name.items()}
         self.scale = scale
-        self.block_rows = block_rows
+        # Each rating of a block gathers a hidden vector and a kernel column: bound the ratings per
+        # block, not only the rows (an item-major block of popular items holds millions).
+        per_row = sum(np.diff(csr.indptr) for csr in targets_by_name.values()) if targets_by_name else np.zeros(train.shape[0], np.int64)
+        self.blocks = _blocks(np.asarray(per_row), block_rows, block_ratings)
         self.hidden = tf.function(self._hidden)
         self.squared_errors = tf.function(self._squared_errors, reduce_retracing=True)
 
@@ -143,8 +169,8 @@ class SparseEvaluator:
     def __call__(self, n_rows: int) -> dict[str, float]:
         targets = self.targets
         totals = {name: [0.0, 0.0] for name in targets}
-        for start in range(0, n_rows, self.block_rows):
-            rows = tf.range(start, min(start + self.block_rows, n_rows), dtype=tf.int64)
+        for start, stop in self.blocks:
+            rows = tf.range(start, min(stop, n_rows), dtype=tf.int64)
             hidden = self.hidden(rows)
             for name, target in targets.items():
                 squared, count = self.squared_errors(hidden, rows, target.values, target.columns)

@@ -88,8 +88,17 @@ def test_sparse_evaluation_equals_the_dense_one(ratings: Ratings) -> None:
     targets = {"train_rmse": data.train.values, "valid_rmse": data.matrices.valid}
     n_rows = data.train.shape[0]
     expected = observed_errors(lambda r: predict_rows(model, data, r), targets, n_rows, data.scale)
-    got = sparse.SparseEvaluator(model, data.train, targets, data.scale, block_rows=7)(n_rows)
-    assert got == pytest.approx(expected, rel=1e-5)
+    for block_rows, block_ratings in ((7, 1 << 18), (1000, 25), (1000, 1)):
+        got = sparse.SparseEvaluator(model, data.train, targets, data.scale, block_rows, block_ratings)(n_rows)
+        assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_evaluation_blocks_bound_rows_and_ratings() -> None:
+    per_row = np.array([5, 1, 1, 9, 0, 2, 2, 2])
+    blocks = sparse._blocks(per_row, max_rows=3, max_ratings=6)
+    assert blocks == [(0, 2), (2, 3), (3, 4), (4, 7), (7, 8)]  # a 9-rating row is a block of its own
+    assert [b for pair in blocks for b in pair][0] == 0 and blocks[-1][1] == len(per_row)
+    assert sparse._blocks(np.zeros(0, np.int64), 3, 6) == []
 
 
 @pytest.mark.parametrize(
