@@ -30,6 +30,7 @@ from deeprec.matrix import RatingMatrix
 
 
 EVAL_BLOCK_RATINGS = 1 << 18
+STEP_CHUNK_RATINGS = 1 << 17  # ratings whose output is computed at once in a training step
 
 
 def _blocks(per_row: np.ndarray, max_rows: int, max_ratings: int) -> list[tuple[int, int]]:
@@ -106,6 +107,7 @@ class SparseStepper:
         self.rows = _RaggedRows(train.values)
         self.optimizer = optimizer
         self.noise_rng = tf.random.Generator.from_seed(cfg.seed)
+        self.chunk_ratings = STEP_CHUNK_RATINGS
         self.step = tf.function(self._step)
 
     def _corrupt(self, values: tf.Tensor) -> tf.Tensor:
@@ -119,17 +121,44 @@ class SparseStepper:
 
     def _step(self, rows: tf.Tensor) -> tf.Tensor:
         positions, columns, values = self.rows.take(rows)
+        output = self.sparse.output
+        lower = [v for v in self.model.trainable_weights if v is not output.kernel and v is not output.bias]
         with tf.GradientTape() as tape:
             hidden = self.sparse.hidden(positions, columns, self._corrupt(values), tf.cast(tf.shape(rows)[0], tf.int64), training=True)
-            predictions = self.sparse.at(hidden, positions, columns)
-            loss = tf.reduce_mean(tf.square(values - predictions))
-            if self.model.losses:
-                loss += tf.add_n([tf.cast(v, tf.float32) for v in self.model.losses])
-        # Gathered kernels give IndexedSlices gradients; Keras's optimizers would update only those
-        # rows (lazy Adam moments). Dense gradients keep the dense path's exact update.
-        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, self.model.trainable_weights)]
-        self.optimizer.apply(grads, self.model.trainable_weights)
-        return loss
+            penalty = tf.add_n([tf.cast(v, tf.float32) for v in self.model.losses]) if self.model.losses else tf.constant(0.0)
+        # The output layer and the loss go chunk by chunk: each rating gathers a hidden vector and a
+        # kernel column, and a batch of popular items holds hundreds of thousands of ratings, so
+        # only one chunk's per-rating tensors exist at a time. Each chunk's gradient is summed
+        # into the hidden layer's, which then flows through the lower layers once.
+        n_ratings = tf.size(values)
+        total = tf.cast(tf.maximum(n_ratings, 1), tf.float32)
+        chunk = self.chunk_ratings
+
+        def body(start, loss, d_hidden, d_kernel, d_bias):
+            stop = tf.minimum(start + chunk, n_ratings)
+            p, c, v = positions[start:stop], columns[start:stop], values[start:stop]
+            with tf.GradientTape() as inner:
+                inner.watch(hidden)
+                part = tf.reduce_sum(tf.square(v - self.sparse.at(hidden, p, c))) / total
+            g_hidden, g_kernel, g_bias = inner.gradient(part, [hidden, output.kernel, output.bias])
+            # Gathered kernels give IndexedSlices; converted, the update stays the dense path's
+            # (Keras's optimizers would otherwise update only the touched rows' moments).
+            return stop, loss + part, d_hidden + g_hidden, d_kernel + tf.convert_to_tensor(g_kernel), d_bias + tf.convert_to_tensor(g_bias)
+
+        _, data_loss, d_hidden, d_kernel, d_bias = tf.while_loop(
+            lambda start, *_: start < n_ratings,
+            body,
+            [tf.constant(0), tf.constant(0.0), tf.zeros_like(hidden), tf.zeros_like(output.kernel), tf.zeros_like(output.bias)],
+        )
+        # One backward pass from the hidden layer (with the chunks' summed gradient) and the L2
+        # penalty; the output layer gets its penalty's gradient here and its data gradient above.
+        sources = [*lower, output.kernel, output.bias]
+        grads = tape.gradient([hidden, penalty], sources, output_gradients=[d_hidden, tf.constant(1.0)])
+        by_variable = {id(v): tf.zeros(v.shape) if g is None else tf.convert_to_tensor(g) for v, g in zip(sources, grads)}
+        by_variable[id(output.kernel)] += d_kernel
+        by_variable[id(output.bias)] += d_bias
+        self.optimizer.apply([by_variable[id(v)] for v in self.model.trainable_weights], self.model.trainable_weights)
+        return data_loss + penalty
 
 
 class SparseEvaluator:
