@@ -14,16 +14,27 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
 import keras
-import numpy as np
 import scipy.sparse as sp
 import tensorflow as tf
 
+from deeprec import datasets
 from deeprec.config import TrainConfig
+from deeprec.errors import DeeprecError
 from deeprec.models import MODELS
+
+
+def load_dataset_or_exit(name: str) -> datasets.Dataset:
+    """The named dataset, or a one-line error and exit status 2 (before any training starts)."""
+    try:
+        return datasets.load(datasets.get_spec(name))
+    except DeeprecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def notebook_masked_mse(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:

@@ -23,11 +23,10 @@ import sys
 
 import tensorflow as tf
 
-from reference import gflop_per_epoch, matmul_gflops, median_after_warmup, reference_fit
+from reference import load_dataset_or_exit, gflop_per_epoch, matmul_gflops, median_after_warmup, reference_fit
 
 from deeprec import datasets
 from deeprec.config import TrainConfig
-from deeprec.errors import DeeprecError
 from deeprec.matrix import build_matrices
 from deeprec.splits import make_split
 from deeprec.train import TrainingData, fit
@@ -94,11 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if epochs < 2:
         print("error: --epochs must be at least 2 (one warm-up epoch, then timed ones)", file=sys.stderr)
         return 2
-    try:
-        dataset = datasets.load(datasets.get_spec(args.dataset))
-    except DeeprecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    dataset = load_dataset_or_exit(args.dataset)
     precisions = PRECISIONS[:1] if args.quick else PRECISIONS
     result = measure(dataset, epochs, precisions, matmul_n=1024 if args.quick else 2048)
     print_table(result)

@@ -25,11 +25,10 @@ import keras
 import numpy as np
 import scipy.sparse as sp
 
-from reference import reference_fit
+from reference import load_dataset_or_exit, reference_fit
 
 from deeprec import datasets
 from deeprec.config import TrainConfig
-from deeprec.errors import DeeprecError
 from deeprec.matrix import build_matrices
 from deeprec.splits import make_split
 from deeprec.train import TrainingData, fit
@@ -97,11 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.target > 0 or args.max_epochs < 1:
         print("error: --target must be positive and --max-epochs at least 1", file=sys.stderr)
         return 2
-    try:
-        dataset = datasets.load(datasets.get_spec(args.dataset))
-    except DeeprecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    dataset = load_dataset_or_exit(args.dataset)
     split = make_split("holdout", dataset.ratings.users)
     cfg = TrainConfig(orientation="item", epochs=args.max_epochs, patience=0).validate()  # I-AutoRec 500, the defaults
     result = {"target": args.target, "deeprec": time_deeprec(cfg, dataset, split, args.target)}

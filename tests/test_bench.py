@@ -76,7 +76,9 @@ def test_speed_quick_json_contract(tiny_ml1m: Path, capsys: pytest.CaptureFixtur
 def test_speed_rejects_an_unknown_dataset(tiny_ml1m: Path, capsys: pytest.CaptureFixture) -> None:
     import speed
 
-    assert speed.main(["--dataset", "ml-99m"]) == 2
+    with pytest.raises(SystemExit) as stop:
+        speed.main(["--dataset", "ml-99m"])
+    assert stop.value.code == 2
     assert "ml-99m" in capsys.readouterr().err
 
 
