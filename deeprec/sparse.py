@@ -29,8 +29,9 @@ from deeprec.config import TrainConfig
 from deeprec.matrix import RatingMatrix
 
 
-EVAL_BLOCK_RATINGS = 1 << 18
-STEP_CHUNK_RATINGS = 1 << 17  # ratings whose output is computed at once in a training step
+# Per-rating tensors are (ratings x hidden) floats: 2^16 ratings x 500 units = 131 MB each.
+EVAL_BLOCK_RATINGS = 1 << 16
+STEP_CHUNK_RATINGS = 1 << 16  # ratings whose output is computed at once in a training step
 
 
 def _blocks(per_row: np.ndarray, max_rows: int, max_ratings: int) -> list[tuple[int, int]]:
@@ -90,9 +91,10 @@ class SparseModel:
             x = layer(x, training=training)
         return x
 
-    def at(self, hidden: tf.Tensor, positions: tf.Tensor, columns: tf.Tensor) -> tf.Tensor:
-        """Predictions at (row position, column) pairs only."""
-        kernel_rows = tf.gather(tf.transpose(self.output.kernel), columns)
+    def at(self, hidden: tf.Tensor, positions: tf.Tensor, columns: tf.Tensor, kernel_t: tf.Tensor | None = None) -> tf.Tensor:
+        """Predictions at (row position, column) pairs only. `kernel_t` is the output kernel
+        transposed, when the caller already has it (it is a full copy of the kernel)."""
+        kernel_rows = tf.gather(tf.transpose(self.output.kernel) if kernel_t is None else kernel_t, columns)
         raw = tf.reduce_sum(tf.gather(hidden, positions) * kernel_rows, axis=1) + tf.gather(self.output.bias, columns)
         return self.output.activation(raw)
 
@@ -133,23 +135,25 @@ class SparseStepper:
         n_ratings = tf.size(values)
         total = tf.cast(tf.maximum(n_ratings, 1), tf.float32)
         chunk = self.chunk_ratings
+        kernel_t = tf.transpose(output.kernel)  # once per step, not per chunk
 
-        def body(start, loss, d_hidden, d_kernel, d_bias):
+        def body(start, loss, d_hidden, d_kernel_t, d_bias):
             stop = tf.minimum(start + chunk, n_ratings)
             p, c, v = positions[start:stop], columns[start:stop], values[start:stop]
             with tf.GradientTape() as inner:
-                inner.watch(hidden)
-                part = tf.reduce_sum(tf.square(v - self.sparse.at(hidden, p, c))) / total
-            g_hidden, g_kernel, g_bias = inner.gradient(part, [hidden, output.kernel, output.bias])
+                inner.watch([hidden, kernel_t])
+                part = tf.reduce_sum(tf.square(v - self.sparse.at(hidden, p, c, kernel_t))) / total
+            g_hidden, g_kernel_t, g_bias = inner.gradient(part, [hidden, kernel_t, output.bias])
             # Gathered kernels give IndexedSlices; converted, the update stays the dense path's
             # (Keras's optimizers would otherwise update only the touched rows' moments).
-            return stop, loss + part, d_hidden + g_hidden, d_kernel + tf.convert_to_tensor(g_kernel), d_bias + tf.convert_to_tensor(g_bias)
+            return stop, loss + part, d_hidden + g_hidden, d_kernel_t + tf.convert_to_tensor(g_kernel_t), d_bias + tf.convert_to_tensor(g_bias)
 
-        _, data_loss, d_hidden, d_kernel, d_bias = tf.while_loop(
+        _, data_loss, d_hidden, d_kernel_t, d_bias = tf.while_loop(
             lambda start, *_: start < n_ratings,
             body,
-            [tf.constant(0), tf.constant(0.0), tf.zeros_like(hidden), tf.zeros_like(output.kernel), tf.zeros_like(output.bias)],
+            [tf.constant(0), tf.constant(0.0), tf.zeros_like(hidden), tf.zeros_like(kernel_t), tf.zeros_like(output.bias)],
         )
+        d_kernel = tf.transpose(d_kernel_t)
         # One backward pass from the hidden layer (with the chunks' summed gradient) and the L2
         # penalty; the output layer gets its penalty's gradient here and its data gradient above.
         sources = [*lower, output.kernel, output.bias]
@@ -189,20 +193,23 @@ class SparseEvaluator:
         positions, columns, values = self.inputs.take(rows)
         return self.sparse.hidden(positions, columns, values, tf.cast(tf.shape(rows)[0], tf.int64), training=False)
 
-    def _squared_errors(self, hidden: tf.Tensor, rows: tf.Tensor, values: tf.RaggedTensor, columns: tf.RaggedTensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def _squared_errors(
+        self, hidden: tf.Tensor, rows: tf.Tensor, values: tf.RaggedTensor, columns: tf.RaggedTensor, kernel_t: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
         wanted = tf.gather(values, rows)
-        predictions = self.sparse.at(hidden, wanted.value_rowids(), tf.gather(columns, rows).flat_values)
+        predictions = self.sparse.at(hidden, wanted.value_rowids(), tf.gather(columns, rows).flat_values, kernel_t)
         errors = tf.clip_by_value(predictions, *self.scale) - wanted.flat_values
         return tf.reduce_sum(tf.square(errors)), tf.cast(tf.size(errors), tf.float32)
 
     def __call__(self, n_rows: int) -> dict[str, float]:
         targets = self.targets
         totals = {name: [0.0, 0.0] for name in targets}
+        kernel_t = tf.transpose(self.sparse.output.kernel)
         for start, stop in self.blocks:
             rows = tf.range(start, min(stop, n_rows), dtype=tf.int64)
             hidden = self.hidden(rows)
             for name, target in targets.items():
-                squared, count = self.squared_errors(hidden, rows, target.values, target.columns)
+                squared, count = self.squared_errors(hidden, rows, target.values, target.columns, kernel_t)
                 totals[name][0] += float(squared)
                 totals[name][1] += float(count)
         return {name: math.sqrt(total / count) if count else float("nan") for name, (total, count) in totals.items()}
