@@ -85,6 +85,7 @@ def run_case(data_file: Path, orientation: str, epochs: int) -> dict:
     cfg = TrainConfig(orientation=orientation, epochs=epochs, patience=0).validate()
     matrices = build_matrices(ratings, split, cfg.orientation, cfg.fill)
     setup = time.perf_counter() - tick
+    setup_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     _, history = fit(cfg, TrainingData(matrices, ratings.scale))
     later = history[1:] or history
     return {
@@ -93,6 +94,7 @@ def run_case(data_file: Path, orientation: str, epochs: int) -> dict:
         "setup_seconds": round(setup, 1),
         "dense_cache": matrices.train.dense_arrays is not None,
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "setup_peak_rss_gib": round(setup_peak, 2),  # reading, splitting and building the matrices
         "valid_rmse": round(history[-1]["valid_rmse"], 4),
     }
 
