@@ -101,10 +101,7 @@ def run_fold(
     best = int(np.argmin(valid))
     test_predictions = None
     if ensemble:
-        train_u, train_i, train_r = experiment.index_pairs(prepared, split.train)
-        m = prepared.data.matrices
-        fallback = metrics.fit_baseline("user_item_bias", train_u, train_i, train_r, len(m.users), len(m.items))
-        raw, _ = experiment.test_predictions(model, prepared, fallback)
+        raw, _ = experiment.test_predictions(model, prepared, experiment.bias_fallback(prepared))
         test_predictions = metrics.clip(raw, prepared.data.scale)
     return FoldResult(fold, float(valid[best]), int(history[best]["epoch"]), history, test_predictions)
 

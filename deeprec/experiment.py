@@ -96,6 +96,14 @@ def predict_pairs(
     return out
 
 
+def bias_fallback(prepared: Prepared) -> metrics.Baseline:
+    """The user+item bias baseline fitted on `prepared`'s training ratings: the prediction for
+    held-out ratings whose user or item the model never saw."""
+    train_u, train_i, train_r = index_pairs(prepared, prepared.split.train)
+    m = prepared.data.matrices
+    return metrics.fit_baseline("user_item_bias", train_u, train_i, train_r, len(m.users), len(m.items))
+
+
 def test_predictions(
     model: keras.Model, prepared: Prepared, fallback: metrics.Baseline, forward: Callable | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -212,9 +220,7 @@ def run_grouped(cfg: TrainConfig, prepared: Prepared, on_epoch: Callable[[dict],
         tagged = None if on_epoch is None else (lambda record, label=label: on_epoch({**record, "group": label}))
         model, group_history = fit(cfg, group_prepared.data, on_epoch=tagged)
         history.extend({**h, "group": label} for h in group_history)
-        train_u, train_i, train_r = index_pairs(group_prepared, sub.train)
-        fallback = metrics.fit_baseline("user_item_bias", train_u, train_i, train_r, len(group_prepared.data.matrices.users), len(group_prepared.data.matrices.items))
-        group_predictions, _ = test_predictions(model, group_prepared, fallback)
+        group_predictions, _ = test_predictions(model, group_prepared, bias_fallback(group_prepared))
         rows.append(sub.test)
         predictions.append(group_predictions)
         group_metrics = rating_metrics(group_prepared, sub.test, group_predictions)

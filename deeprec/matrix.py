@@ -143,9 +143,7 @@ class RatingMatrix:
         if self._dense is not None:
             return self._dense[0][rows]
         block = self.values[rows]
-        inputs = self.fill.dense(rows, self.shape[1])
-        inputs[np.repeat(np.arange(len(rows)), np.diff(block.indptr)), block.indices] = block.data
-        return inputs
+        return self._filled(rows, block, _observed_cells(block))
 
     def batches(self, batch_size: int, shuffle: bool = False, seed: int | None = None) -> Iterator[Batch]:
         """All rows in batches; shuffled with `seed` when asked."""
@@ -159,16 +157,27 @@ class RatingMatrix:
 
     def _densify(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         block = self.values[rows]
-        targets = block.toarray()
+        cells = _observed_cells(block)
+        targets = block.toarray().astype(np.float32)
         mask = np.zeros(targets.shape, dtype=np.float32)
-        mask[np.repeat(np.arange(len(rows)), np.diff(block.indptr)), block.indices] = 1.0
-        inputs = np.where(mask > 0, targets, self.fill.dense(rows, self.shape[1]))
-        return inputs.astype(np.float32), targets.astype(np.float32), mask
+        mask[cells] = 1.0
+        return self._filled(rows, block, cells), targets, mask
+
+    def _filled(self, rows: np.ndarray, block: sp.csr_matrix, cells: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """The input of `rows`: the fill everywhere, then the observed ratings in their cells."""
+        inputs = self.fill.dense(rows, self.shape[1])
+        inputs[cells] = block.data
+        return inputs
 
     def with_dense_cache(self) -> RatingMatrix:
         """The same matrix with input/target/mask densified once (for data that fits in memory)."""
         all_rows = np.arange(self.shape[0])
         return RatingMatrix(self.values, self.fill, self.fill_name, self.orientation, self._densify(all_rows))
+
+
+def _observed_cells(block: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """(row in block, column) of every stored entry of a CSR block, for dense indexing."""
+    return np.repeat(np.arange(block.shape[0]), np.diff(block.indptr)), block.indices
 
 
 def to_csr(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:

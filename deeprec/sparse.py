@@ -26,7 +26,6 @@ import scipy.sparse as sp
 import tensorflow as tf
 
 from deeprec.config import TrainConfig
-from deeprec.matrix import RatingMatrix
 
 
 # Per-rating tensors are (ratings x hidden) floats: 2^16 ratings x 500 units = 131 MB each.
@@ -61,10 +60,12 @@ def supports(cfg: TrainConfig, fill_name: str, has_side: bool) -> bool:
     )
 
 
-class _RaggedRows:
-    """A CSR matrix in TensorFlow: any set of rows as flat (position in batch, column, value)."""
+class RaggedRows:
+    """A CSR matrix in TensorFlow: any set of rows as flat (position in batch, column, value).
+    Built once per matrix: the training step and the evaluation share the training matrix's."""
 
     def __init__(self, csr: sp.csr_matrix) -> None:
+        self.csr = csr
         splits = tf.constant(csr.indptr.astype(np.int64))
         self.values = tf.RaggedTensor.from_row_splits(tf.constant(csr.data.astype(np.float32)), splits)
         self.columns = tf.RaggedTensor.from_row_splits(tf.constant(csr.indices.astype(np.int64)), splits)
@@ -102,11 +103,11 @@ class SparseModel:
 class SparseStepper:
     """The compiled training step on CSR rows (see the module docstring)."""
 
-    def __init__(self, cfg: TrainConfig, model: keras.Model, train: RatingMatrix, optimizer: keras.optimizers.Optimizer) -> None:
+    def __init__(self, cfg: TrainConfig, model: keras.Model, train: RaggedRows, optimizer: keras.optimizers.Optimizer) -> None:
         self.cfg = cfg
         self.model = model
         self.sparse = SparseModel(model)
-        self.rows = _RaggedRows(train.values)
+        self.rows = train
         self.optimizer = optimizer
         self.noise_rng = tf.random.Generator.from_seed(cfg.seed)
         self.chunk_ratings = STEP_CHUNK_RATINGS
@@ -172,19 +173,19 @@ class SparseEvaluator:
     def __init__(
         self,
         model: keras.Model,
-        train: RatingMatrix,
+        train: RaggedRows,
         targets_by_name: dict[str, sp.csr_matrix],
         scale: tuple[float, float],
         block_rows: int = 4096,
         block_ratings: int = EVAL_BLOCK_RATINGS,
     ) -> None:
         self.sparse = SparseModel(model)
-        self.inputs = _RaggedRows(train.values)
-        self.targets = {name: _RaggedRows(csr) for name, csr in targets_by_name.items()}
+        self.inputs = train
+        self.targets = {name: train if csr is train.csr else RaggedRows(csr) for name, csr in targets_by_name.items()}
         self.scale = scale
         # Each rating of a block gathers a hidden vector and a kernel column: bound the ratings per
         # block, not only the rows (an item-major block of popular items holds millions).
-        per_row = sum(np.diff(csr.indptr) for csr in targets_by_name.values()) if targets_by_name else np.zeros(train.shape[0], np.int64)
+        per_row = sum(np.diff(csr.indptr) for csr in targets_by_name.values()) if targets_by_name else np.zeros(train.csr.shape[0], np.int64)
         self.blocks = _blocks(np.asarray(per_row), block_rows, block_ratings)
         self.hidden = tf.function(self._hidden)
         self.squared_errors = tf.function(self._squared_errors, reduce_retracing=True)

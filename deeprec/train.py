@@ -201,8 +201,9 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
     use_sparse = data.train.dense_arrays is None and sparse.supports(cfg, data.train.fill_name, data.side is not None)
     if use_sparse:
         log.info("training on sparse rows: %d x %d, %d ratings", *data.train.shape, data.train.nnz)
-        sparse_step = sparse.SparseStepper(cfg, model, data.train, make_optimizer(cfg)).step
-        sparse_errors = sparse.SparseEvaluator(model, data.train, targets, data.scale)
+        train_rows = sparse.RaggedRows(data.train.values)
+        sparse_step = sparse.SparseStepper(cfg, model, train_rows, make_optimizer(cfg)).step
+        sparse_errors = sparse.SparseEvaluator(model, train_rows, targets, data.scale)
     else:
         stepper = _Stepper(cfg, model, data)
         forward = compiled_forward(model, data.n_inputs)

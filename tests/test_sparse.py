@@ -45,7 +45,7 @@ def test_loss_and_gradients_match_the_dense_computation(ratings: Ratings, orient
     rows = np.array([0, 3, 5, 7, 11])
     batch = data.train.batch(rows)
     forward = sparse.SparseModel(model)
-    positions, columns, values = sparse._RaggedRows(data.train.values).take(tf.constant(rows))
+    positions, columns, values = sparse.RaggedRows(data.train.values).take(tf.constant(rows))
 
     def dense_loss():
         return masked_mse(tf.constant(batch.targets), model(batch.inputs, training=False), tf.constant(batch.mask)) + tf.add_n(model.losses)
@@ -92,7 +92,7 @@ def test_sparse_evaluation_equals_the_dense_one(ratings: Ratings) -> None:
     n_rows = data.train.shape[0]
     expected = observed_errors(lambda r: predict_rows(model, data, r), targets, n_rows, data.scale)
     for block_rows, block_ratings in ((7, 1 << 18), (1000, 25), (1000, 1)):
-        got = sparse.SparseEvaluator(model, data.train, targets, data.scale, block_rows, block_ratings)(n_rows)
+        got = sparse.SparseEvaluator(model, sparse.RaggedRows(data.train.values), targets, data.scale, block_rows, block_ratings)(n_rows)
         assert got == pytest.approx(expected, rel=1e-5)
 
 
