@@ -116,6 +116,12 @@ class Job:
     parent_run_id: str
 
 
+def _init_worker(threads: int) -> None:
+    from deeprec.train import limit_threads  # in the worker, before its first TensorFlow op
+
+    limit_threads(threads)
+
+
 def _run_job(job: Job) -> tuple[str, str]:
     """Train one (row, seed) as a run nested under the sweep's parent; runs in a worker process."""
     from deeprec import tracking
@@ -161,7 +167,13 @@ def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: i
                 failed.append(job.row)
     else:
         # spawn: TensorFlow does not survive fork; each worker imports it fresh.
-        with ProcessPoolExecutor(max_workers=max_parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+        # Each worker gets cores / P TensorFlow threads: P processes at TF's default (all cores
+        # each) oversubscribe the machine and run slower than P x fewer threads.
+        from deeprec.train import usable_cores
+
+        threads = max(1, usable_cores() // max_parallel)
+        with ProcessPoolExecutor(max_workers=max_parallel, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(threads,)) as pool:
             futures = {pool.submit(_run_job, job): job for job in jobs}
             for future, job in futures.items():
                 try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +63,21 @@ class TrainingData:
 
 
 EpochCallback = Callable[[dict], None]
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def limit_threads(threads: int) -> None:
+    """Size TensorFlow's thread pools so that N worker processes share the cores instead of
+    oversubscribing them; call it in the worker before its first TensorFlow op."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        log.debug("TensorFlow is already initialised; its thread pools keep their size")
 
 
 def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:

@@ -667,22 +667,13 @@ def _stale_run_marker(study_name: str, experiment_id: str) -> Callable[[optuna.S
     return mark
 
 
-def _limit_threads(threads: int) -> None:
-    """Size TensorFlow's thread pools so that N workers share the cores instead of fighting."""
-    import tensorflow as tf  # only worker processes, before their first TensorFlow op
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:
-        log.debug("TensorFlow is already initialised; its thread pools keep their size")
-
-
 def run_worker(spec: WorkerSpec, dataset: datasets.Dataset | None = None) -> dict[str, int]:
     """Run trials of the study until it has `spec.target` finished trials (see the module
     docstring for how running trials reserve slots); return this worker's trial counts."""
     if spec.threads is not None:
-        _limit_threads(spec.threads)
+        from deeprec.train import limit_threads  # only worker processes, before their first TensorFlow op
+
+        limit_threads(spec.threads)
     base = TrainConfig.from_params(spec.config)
     space = SearchSpace.from_dict(spec.space)
     storage = open_storage(spec.storage, spec.heartbeat_interval, spec.grace_period, on_stale=_stale_run_marker(spec.study_name, spec.experiment_id))
@@ -784,7 +775,9 @@ def run_study(cfg: TrainConfig, space: SearchSpace | None = None, options: TuneO
     parent_id = _parent_run(study_name, base, options, space, shown)
     experiment_id = MlflowClient().get_run(parent_id).info.experiment_id
     n_workers = max(1, min(options.n_workers, options.n_trials))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from deeprec.train import usable_cores
+
+    cores = usable_cores()
     specs = [
         WorkerSpec(
             study_name=study_name, storage=storage_url, config=base.to_params(), space=space.to_dict(), folds=options.folds,
