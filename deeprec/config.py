@@ -21,6 +21,7 @@ from deeprec.errors import DeeprecError
 
 ACTIVATIONS = ("sigmoid", "identity", "relu", "elu", "selu", "lrelu", "tanh")
 NOISES = ("none", "gaussian", "dropout", "mask")
+LOSS_AVERAGES = ("rating", "row")  # deeprec.losses.LOSSES
 SIDE_INFO = ("none", "user", "item")
 OPTIMIZERS = ("adam", "sgd", "momentum", "rmsprop")
 PRECISIONS = ("float32", "bfloat16")
@@ -57,6 +58,7 @@ class TrainConfig:
     seed: int = 42
     precision: str = "float32"
     groups: str = "none"
+    loss: str = "rating"
 
     @property
     def hidden_sizes(self) -> tuple[int, ...]:
@@ -118,6 +120,7 @@ class TrainConfig:
         _integer("patience", self.patience, minimum=0)
         _integer("seed", self.seed, minimum=0)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("loss", self.loss, LOSS_AVERAGES)
         from deeprec.groups import parse_groups
 
         try:
@@ -172,6 +175,7 @@ FIELD_DOCS: dict[str, str] = {
     "seed": "int — seed of weight initialisation, shuffling and noise (the split has its own, the report's)",
     "precision": "str — float32 | bfloat16 (mixed precision: bfloat16 compute, float32 weights)",
     "groups": "str — none | age-gender | age-gender:LABEL (e.g. M-25) | kmeans:K: one model per user group, evaluated overall and per group",
+    "loss": "str — how the masked squared errors of a batch are averaged: rating (every rating weighs the same) | row (per row first, as the original Keras notebooks did; every user or item weighs the same)",
 }
 
 

@@ -57,6 +57,7 @@ def supports(cfg: TrainConfig, fill_name: str, has_side: bool) -> bool:
         and not has_side
         and not cfg.tied
         and cfg.precision == "float32"
+        and cfg.loss == "rating"  # its chunked loss sums over ratings, not rows
     )
 
 

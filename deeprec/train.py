@@ -24,7 +24,7 @@ import tensorflow as tf
 from deeprec import sparse
 from deeprec.config import TrainConfig
 from deeprec.errors import DeeprecError
-from deeprec.losses import masked_mse
+from deeprec.losses import LOSSES
 from deeprec.matrix import RatingMatrix, SplitMatrices
 from deeprec.models import MODELS
 
@@ -157,7 +157,7 @@ class _Stepper:
 
     def _step(self, x: tf.Tensor, y: tf.Tensor, m: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
         inputs = self._with_side(self._corrupt(x, m, rows), rows)
-        loss, predictions = self._apply(inputs, lambda p: masked_mse(y, p, m))
+        loss, predictions = self._apply(inputs, lambda p: LOSSES[self.cfg.loss](y, p, m))
         # Dense re-feeding (Kuchaiev & Ginsburg 2017): f(x) is a dense, fully "observed" rating
         # vector, so it is fed back as both input and target of an extra update.
         for _ in range(self.cfg.refeed):

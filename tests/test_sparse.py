@@ -107,7 +107,7 @@ def test_evaluation_blocks_bound_rows_and_ratings() -> None:
 @pytest.mark.parametrize(
     ("overrides", "supported"),
     [({}, True), ({"noise": "mask", "noise_level": 0.2}, True), ({"noise": "dropout", "noise_level": 0.2}, True),
-     ({"fill": "row-mean"}, False), ({"fill": "3"}, False), ({"noise": "gaussian", "noise_level": 0.1}, False),
+     ({"fill": "row-mean"}, False), ({"loss": "row"}, False), ({"fill": "3"}, False), ({"noise": "gaussian", "noise_level": 0.1}, False),
      ({"refeed": 1}, False), ({"tied": True}, False), ({"precision": "bfloat16"}, False)],
 )
 def test_supports_only_what_it_computes_exactly(overrides: dict, supported: bool) -> None:

@@ -13,7 +13,7 @@ import tensorflow as tf
 from conftest import synthetic_ratings, write_ml1m
 from deeprec import experiment
 from deeprec.config import TrainConfig
-from deeprec.losses import masked_mse
+from deeprec.losses import masked_mse, masked_row_mse
 from deeprec.matrix import NAMED_FILLS, build_matrices
 from deeprec.models import MODELS, untie
 from deeprec.ratings import Ratings
@@ -85,6 +85,31 @@ def test_masked_mse_against_hand_computed_values() -> None:
     # observed errors 1, 0, -2 -> (1 + 0 + 4) / 3; the unobserved 9 vs 0 does not count
     assert float(masked_mse(targets, predictions, mask)) == pytest.approx(5 / 3)
     assert float(masked_mse(targets, predictions, tf.zeros_like(mask))) == 0.0
+
+
+def test_row_averaged_loss_weighs_every_row_the_same() -> None:
+    targets = tf.constant([[5.0, 0.0, 0.0], [3.0, 4.0, 1.0], [0.0, 0.0, 0.0]])
+    predictions = tf.constant([[4.0, 9.0, 9.0], [3.0, 2.0, 2.0], [1.0, 1.0, 1.0]])
+    mask = tf.constant([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    # row 1: error 1 -> 1; row 2: errors 0, -2, 1 -> 5/3; row 3 has no rating and is left out
+    assert float(masked_row_mse(targets, predictions, mask)) == pytest.approx((1 + 5 / 3) / 2)
+    # per rating the heavy row dominates: (1 + 0 + 4 + 1) / 4
+    assert float(masked_mse(targets, predictions, mask)) == pytest.approx(6 / 4)
+    assert float(masked_row_mse(targets, predictions, tf.zeros_like(mask))) == 0.0
+
+
+def test_row_loss_trains_differently_from_the_rating_loss(tmp_path: Path, monkeypatch) -> None:
+    """Same seed, same batches: only the averaging differs, and with rows of 3 to 19 ratings
+    the row average moves the model elsewhere than the rating average."""
+    write_ml1m(tmp_path / "ml-1m", synthetic_ratings(n_users=40, n_items=20, per_user=(3, 20), seed=2))
+    monkeypatch.setenv("DEEPREC_DATA_DIR", str(tmp_path))
+    base = TrainConfig(orientation="user", arch="6", epochs=5, batch_size=8, patience=0, lr=0.02).validate()
+    prepared = experiment.prepare(base)
+    _, by_rating = fit(base, prepared.data)
+    _, by_row = fit(base.replace(loss="row"), prepared.data)
+    assert by_row[0]["train_loss"] != pytest.approx(by_rating[0]["train_loss"], rel=1e-3)
+    assert abs(by_row[-1]["valid_rmse"] - by_rating[-1]["valid_rmse"]) > 1e-4
+    assert all(math.isfinite(h["valid_rmse"]) for h in by_row)
 
 
 def test_non_zero_fill_does_not_leak_into_the_loss(tmp_path: Path) -> None:
