@@ -188,7 +188,8 @@ class SparseEvaluator:
         # block, not only the rows (an item-major block of popular items holds millions).
         per_row = sum(np.diff(csr.indptr) for csr in targets_by_name.values()) if targets_by_name else np.zeros(train.csr.shape[0], np.int64)
         self.blocks = _blocks(np.asarray(per_row), block_rows, block_ratings)
-        self.hidden = tf.function(self._hidden)
+        # One trace for every block: blocks hold different numbers of rows.
+        self.hidden = tf.function(self._hidden, input_signature=[tf.TensorSpec([None], tf.int64)])
         self.squared_errors = tf.function(self._squared_errors, reduce_retracing=True)
 
     def _hidden(self, rows: tf.Tensor) -> tf.Tensor:
