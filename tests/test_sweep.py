@@ -94,3 +94,19 @@ def test_sweep_resume_and_report(workspace: Path, capsys: pytest.CaptureFixture)
     assert all(not r["smoke"] and r["runs"] == 1 for r in rows)
     parent_artifacts = {a.path for a in client.list_artifacts(first["parent_run_id"], "report")}
     assert {"report/tiny.md", "report/tiny.png"} <= parent_artifacts
+
+
+def test_parallel_sweep_workers_get_their_share_of_the_cores() -> None:
+    """--max-parallel P starts workers with cores/P TensorFlow threads each (the pool's
+    initializer); TF's default in each would oversubscribe the machine P times over."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import tensorflow as tf
+
+    from deeprec.sweep import _init_worker
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(1,)) as pool:
+        intra = pool.submit(tf.config.threading.get_intra_op_parallelism_threads).result()
+        inter = pool.submit(tf.config.threading.get_inter_op_parallelism_threads).result()
+    assert (intra, inter) == (1, 1)
