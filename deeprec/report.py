@@ -2,9 +2,10 @@
 
 For each row: the published value, ours as mean ± std over seeds (population std, ddof=0) of
 `test_rmse_user_avg` (the report's per-user-averaged metric) and `test_rmse` (per rating), and
-the difference on the experiment's metric (ours − published; negative is better). Full runs are
-used when a row has any; otherwise its smoke runs, marked as such — the two are never averaged
-together.
+the difference on the experiment's metric (ours − published; negative is better), and what the
+runs cost here: their mean best epoch and wall minutes, and the total run time of the table. Full
+runs are used when a row has any; otherwise its smoke runs, marked as such — the two are never
+averaged together.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class ReportRow:
     std: float | None  # spread over seeds of the experiment's metric
     runs: int
     smoke: bool
+    best_epoch: float | None = None  # mean over the runs
+    minutes: float | None = None  # mean wall minutes per run (start to end, evaluation included)
 
     def difference(self, metric: str) -> float | None:
         ours = self.measured_user_avg if metric == "test_rmse_user_avg" else self.measured_rmse
@@ -48,8 +51,11 @@ def collect(experiment: Experiment) -> list[ReportRow]:
         user_avg = [r.data.metrics["test_rmse_user_avg"] for r in chosen if "test_rmse_user_avg" in r.data.metrics]
         rmse = [r.data.metrics["test_rmse"] for r in chosen if "test_rmse" in r.data.metrics]
         spread = user_avg if experiment.metric == "test_rmse_user_avg" else rmse
+        best_epochs = [r.data.metrics["best_epoch"] for r in chosen if "best_epoch" in r.data.metrics]
+        minutes = [(r.info.end_time - r.info.start_time) / 60_000 for r in chosen if r.info.end_time and r.info.start_time]
         rows.append(ReportRow(
             row.name, row.published, _mean(user_avg), _mean(rmse), float(np.std(spread)) if spread else None, len(chosen), smoke,
+            _mean(best_epochs), _mean(minutes),
         ))
     return rows
 
@@ -69,8 +75,8 @@ def markdown(experiment: Experiment, rows: list[ReportRow]) -> str:
         "",
         f"Published metric: {metric_name} test RMSE. Ours: mean ± std over seeds.",
         "",
-        "| row | published | ours, per-user avg | ours, per rating | difference | runs |",
-        "|---|---|---|---|---|---|",
+        "| row | published | ours, per-user avg | ours, per rating | difference | runs | best epoch | minutes per run |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         std = f" ± {_fmt(r.std)}" if r.std is not None and r.runs > 1 else ""
@@ -78,7 +84,12 @@ def markdown(experiment: Experiment, rows: list[ReportRow]) -> str:
         rmse = _fmt(r.measured_rmse) + (std if experiment.metric == "test_rmse" else "")
         diff = r.difference(experiment.metric)
         runs = f"{r.runs}" + (" (smoke)" if r.smoke else "")
-        lines.append(f"| {r.name} | {_fmt(r.published)} | {user_avg} | {rmse} | {'—' if diff is None else f'{diff:+.4f}'} | {runs} |")
+        lines.append(
+            f"| {r.name} | {_fmt(r.published)} | {user_avg} | {rmse} | {'—' if diff is None else f'{diff:+.4f}'} | {runs} "
+            f"| {_fmt(r.best_epoch, 0)} | {_fmt(r.minutes, 1)} |"
+        )
+    hours, minutes = divmod(round(sum(r.minutes * r.runs for r in rows if r.minutes is not None)), 60)
+    lines += ["", f"{sum(r.runs for r in rows)} runs, {hours} h {minutes} min of run time in all."]
     return "\n".join(lines) + "\n"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -84,7 +85,11 @@ def test_sweep_resume_and_report(workspace: Path, capsys: pytest.CaptureFixture)
         r.data.metrics["test_rmse_user_avg"] for r in runs if r.data.tags[TAG_ROW] == "zero"
     ]
     assert rows[0]["measured_user_avg"] == pytest.approx(sum(smoke_values) / 2)
-    assert any("| zero | 0.9000 |" in line and "2 (smoke)" in line for line in out)
+    assert rows[0]["best_epoch"] == 1.0  # one epoch each
+    minutes = [(r.info.end_time - r.info.start_time) / 60_000 for r in runs if r.data.tags[TAG_ROW] == "zero"]
+    assert rows[0]["minutes"] == pytest.approx(sum(minutes) / 2)
+    assert any("| zero | 0.9000 |" in line and "2 (smoke) | 1 |" in line for line in out)
+    assert any(re.fullmatch(r"4 runs, 0 h [0-9]+ min of run time in all\.", line) for line in out)
 
     # A full run of the same sweep (no --epochs) is never averaged with the smoke runs.
     assert main(["sweep", "tiny.yaml", "--seeds", "1", "--json"]) == 0
