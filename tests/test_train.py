@@ -98,6 +98,13 @@ def test_row_averaged_loss_weighs_every_row_the_same() -> None:
     assert float(masked_row_mse(targets, predictions, tf.zeros_like(mask))) == 0.0
 
 
+def test_every_loss_name_of_the_config_has_a_loss() -> None:
+    from deeprec.config import LOSS_AVERAGES
+    from deeprec.losses import LOSSES
+
+    assert set(LOSS_AVERAGES) == set(LOSSES)
+
+
 def test_row_loss_trains_differently_from_the_rating_loss(tmp_path: Path, monkeypatch) -> None:
     """Same seed, same batches: only the averaging differs, and with rows of 3 to 19 ratings
     the row average moves the model elsewhere than the rating average."""
