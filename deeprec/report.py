@@ -10,12 +10,15 @@ averaged together.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from deeprec.sweep import TAG_KIND, TAG_ROW, TAG_SMOKE, TAG_SWEEP, Experiment
+from deeprec.sweep import TAG_KIND, TAG_ROW, TAG_SMOKE, TAG_SWEEP, Experiment, trained_row_config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,10 @@ def collect(experiment: Experiment) -> list[ReportRow]:
     )
     rows = []
     for row in experiment.rows:
-        mine = [r for r in runs if r.data.tags.get(TAG_ROW) == row.name]
+        named = [r for r in runs if r.data.tags.get(TAG_ROW) == row.name]
+        mine = [r for r in named if trained_row_config(r, experiment, row)]
+        if len(mine) < len(named):
+            log.warning("%s: %d finished run(s) trained an earlier config of this row; left out", row.name, len(named) - len(mine))
         full = [r for r in mine if r.data.tags.get(TAG_SMOKE) != "true"]
         chosen, smoke = (full, False) if full else (mine, bool(mine))
         user_avg = [r.data.metrics["test_rmse_user_avg"] for r in chosen if "test_rmse_user_avg" in r.data.metrics]

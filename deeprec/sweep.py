@@ -13,7 +13,10 @@ An experiment file is one table or figure of the report:
 
 The whole file is validated (every row's config) before anything runs. Runs are nested under one
 parent run per sweep and tagged deeprec.sweep, deeprec.row, deeprec.seed_index and deeprec.smoke;
-running the sweep again skips the (row, seed, smoke) runs that already FINISHED. `--epochs`
+running the sweep again skips the (row, seed, smoke) runs that already FINISHED with the row's
+current config. A run counts for a row only while its logged params still read back as that
+config: edit a row (or the base) and its old runs are ignored, by the sweep and by the report,
+and the row runs again. `--epochs`
 overrides every row's epochs for a quick smoke sweep: those runs are tagged smoke and the report
 never averages them with full runs.
 """
@@ -23,7 +26,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from deeprec.config import ConfigError, TrainConfig, format_param, read_yaml_file
@@ -150,7 +153,7 @@ def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: i
     experiment = load_experiment(path)
     smoke = epochs is not None
     parent_id = _parent_run(experiment)
-    done = finished_runs(experiment.name, smoke)
+    done = finished_runs(experiment, smoke)
     jobs = [
         Job(str(experiment.path), row.name, s, epochs, parent_id)
         for row in experiment.rows for s in range(seeds) if (row.name, s) not in done
@@ -199,12 +202,33 @@ def _parent_run(experiment: Experiment) -> str:
         return run.info.run_id
 
 
-def finished_runs(sweep: str, smoke: bool) -> set[tuple[str, int]]:
-    """(row, seed index) pairs with a FINISHED run of this sweep and the same smoke flag."""
+def finished_runs(experiment: Experiment, smoke: bool) -> set[tuple[str, int]]:
+    """(row, seed index) pairs with a FINISHED run of this sweep, the same smoke flag and the
+    row's current config."""
     import mlflow
 
     runs = mlflow.search_runs(
-        filter_string=f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_KIND}` = 'sweep-run' and tags.`{TAG_SMOKE}` = '{str(smoke).lower()}' and attributes.status = 'FINISHED'",
+        filter_string=f"tags.`{TAG_SWEEP}` = '{experiment.name}' and tags.`{TAG_KIND}` = 'sweep-run' and tags.`{TAG_SMOKE}` = '{str(smoke).lower()}' and attributes.status = 'FINISHED'",
         output_format="list",
     )
-    return {(r.data.tags[TAG_ROW], int(r.data.tags[TAG_SEED])) for r in runs}
+    rows = {row.name: row for row in experiment.rows}
+    return {
+        (r.data.tags[TAG_ROW], int(r.data.tags[TAG_SEED]))
+        for r in runs if r.data.tags.get(TAG_ROW) in rows and trained_row_config(r, experiment, rows[r.data.tags[TAG_ROW]])
+    }
+
+
+def trained_row_config(run, experiment: Experiment, row: Row) -> bool:
+    """Whether a tracked sweep run trained `row`'s current config for its seed index.
+
+    The run's params are read back as a config, so "1e-3" and "0.001" agree, and a field the run
+    predates takes its default: adding a config field does not orphan older runs.
+    """
+    known = {f.name for f in fields(TrainConfig)}
+    try:
+        logged = TrainConfig.from_params({k: v for k, v in run.data.params.items() if k in known})
+        smoke = run.data.tags.get(TAG_SMOKE) == "true"
+        expected = experiment.config(row, int(run.data.tags.get(TAG_SEED, "0")), logged.epochs if smoke else None)
+    except (ConfigError, ValueError):
+        return False
+    return logged == expected

@@ -101,6 +101,25 @@ def test_sweep_resume_and_report(workspace: Path, capsys: pytest.CaptureFixture)
     assert {"report/tiny.md", "report/tiny.png"} <= parent_artifacts
 
 
+def test_an_edited_row_runs_again_and_its_old_runs_leave_the_report(workspace: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["sweep", "tiny.yaml", "--epochs", "1", "--json"]) == 0
+    capsys.readouterr()
+    path = workspace / "tiny.yaml"
+    path.write_text(path.read_text().replace("params: {fill: row-mean}", "params: {fill: row-mean, l2: 0.01}"))
+
+    assert main(["sweep", "tiny.yaml", "--epochs", "1", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (again["ran"], again["skipped"]) == (1, 1)  # only the edited row
+    runs = MlflowClient().search_runs(["0"], f"tags.`{TAG_SWEEP}` = 'tiny' and tags.`{TAG_ROW}` = 'average'")
+    assert sorted(r.data.params["l2"] for r in runs) == ["0.0001", "0.01"]
+
+    assert main(["report", "tiny.yaml", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]}
+    assert rows["average"]["runs"] == 1 and rows["zero"]["runs"] == 1
+    edited = next(r for r in runs if r.data.params["l2"] == "0.01")
+    assert rows["average"]["measured_user_avg"] == pytest.approx(edited.data.metrics["test_rmse_user_avg"])
+
+
 def test_parallel_sweep_workers_get_their_share_of_the_cores() -> None:
     """--max-parallel P starts workers with cores/P TensorFlow threads each (the pool's
     initializer); TF's default in each would oversubscribe the machine P times over."""
