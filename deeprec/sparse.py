@@ -146,9 +146,14 @@ class SparseStepper:
                 inner.watch([hidden, kernel_t])
                 part = tf.reduce_sum(tf.square(v - self.sparse.at(hidden, p, c, kernel_t))) / total
             g_hidden, g_kernel_t, g_bias = inner.gradient(part, [hidden, kernel_t, output.bias])
-            # Gathered kernels give IndexedSlices; converted, the update stays the dense path's
-            # (Keras's optimizers would otherwise update only the touched rows' moments).
-            return stop, loss + part, d_hidden + g_hidden, d_kernel_t + tf.convert_to_tensor(g_kernel_t), d_bias + tf.convert_to_tensor(g_bias)
+            # Gathered kernels give IndexedSlices (one row per rating). They are scattered into
+            # the dense accumulators, so the update stays the dense path's (Keras's optimizers
+            # would otherwise update only the touched rows' moments); a scatter costs the chunk's
+            # size, where densifying each chunk's slices first would allocate and zero a whole
+            # kernel-sized tensor per chunk.
+            d_kernel_t = tf.tensor_scatter_nd_add(d_kernel_t, g_kernel_t.indices[:, None], g_kernel_t.values)
+            d_bias = tf.tensor_scatter_nd_add(d_bias, g_bias.indices[:, None], g_bias.values)
+            return stop, loss + part, d_hidden + g_hidden, d_kernel_t, d_bias
 
         _, data_loss, d_hidden, d_kernel_t, d_bias = tf.while_loop(
             lambda start, *_: start < n_ratings,
