@@ -28,9 +28,10 @@ import tensorflow as tf
 from deeprec.config import TrainConfig
 
 
-# Per-rating tensors are (ratings x hidden) floats: 2^16 ratings x 500 units = 131 MB each.
-EVAL_BLOCK_RATINGS = 1 << 16
-STEP_CHUNK_RATINGS = 1 << 16  # ratings whose output is computed at once in a training step
+# Per-rating tensors are (ratings x hidden) floats: 2^15 ratings x 500 units = 66 MB each, and a
+# step or an evaluation block holds several at once (the gathers, their product, their gradients).
+EVAL_BLOCK_RATINGS = 1 << 15
+STEP_CHUNK_RATINGS = 1 << 15  # ratings whose output is computed at once in a training step
 
 
 def _blocks(per_row: np.ndarray, max_rows: int, max_ratings: int) -> list[tuple[int, int]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -202,6 +203,45 @@ def observed_errors(predict: Callable[[np.ndarray], np.ndarray], targets_by_name
     return {name: math.sqrt(sums[name] / counts[name]) if counts[name] else float("nan") for name in targets_by_name}
 
 
+class BestWeights:
+    """A copy of the model's weights at its best epoch, for early stopping to restore.
+
+    Small models keep it in memory. Above `SPILL_BYTES` it goes to a temporary file instead, as
+    Keras's ModelCheckpoint(save_best_only=True) would: at the ML-10M shape I-AutoRec's weights are
+    280 MB, and a copy in memory would sit on top of the training step's peak.
+    """
+
+    SPILL_BYTES = 128 << 20
+
+    def __init__(self, model: keras.Model) -> None:
+        self.model = model
+        self.copy: list[np.ndarray] | None = None
+        self.folder: tempfile.TemporaryDirectory | None = None
+
+    def save(self) -> None:
+        self.copy = None  # the old copy goes first, or the weights would be held three times at once
+        if self._bytes() <= self.SPILL_BYTES:
+            self.copy = self.model.get_weights()
+            return
+        if self.folder is None:
+            self.folder = tempfile.TemporaryDirectory(prefix="deeprec-best-")
+        for index, variable in enumerate(self.model.weights):
+            np.save(os.path.join(self.folder.name, f"{index}.npy"), keras.ops.convert_to_numpy(variable.value))
+
+    def restore(self) -> None:
+        """Put the saved weights back (nothing saved: the model keeps its weights)."""
+        if self.copy is not None:
+            self.model.set_weights(self.copy)
+        elif self.folder is not None:
+            for index, variable in enumerate(self.model.weights):
+                variable.assign(np.load(os.path.join(self.folder.name, f"{index}.npy")))
+            self.folder.cleanup()
+            self.folder = None
+
+    def _bytes(self) -> int:
+        return sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in self.model.weights)
+
+
 def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = None) -> tuple[keras.Model, list[dict]]:
     """Train with early stopping on validation RMSE; return the model with its best weights.
 
@@ -225,7 +265,8 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
         forward = compiled_forward(model, data.n_inputs)
     rng = np.random.default_rng(cfg.seed)
     history: list[dict] = []
-    best_rmse, best_weights, best_epoch, started = math.inf, None, 0, time.perf_counter()
+    best_weights = BestWeights(model)
+    best_rmse, best_epoch, started = math.inf, 0, time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         tick = time.perf_counter()
         order = rng.permutation(n_rows)
@@ -254,10 +295,8 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
         history.append(record)
         # Without validation data (a refit on all non-test ratings) the last weights are kept.
         if has_valid and errors["valid_rmse"] < best_rmse:
-            # The old copy goes first: building the new one beside it would hold the weights three
-            # times at once (the model's, the old and the new copy; 840 MB for I-AutoRec at ML-10M size).
-            best_weights = None
-            best_rmse, best_weights, best_epoch = errors["valid_rmse"], model.get_weights(), epoch
+            best_rmse, best_epoch = errors["valid_rmse"], epoch
+            best_weights.save()
         elapsed = time.perf_counter() - started
         left = elapsed / epoch * (cfg.epochs - epoch)
         log.info(
@@ -269,8 +308,7 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
         if has_valid and cfg.patience and epoch - best_epoch >= cfg.patience:
             log.info("early stop at epoch %d: no better validation RMSE since epoch %d", epoch, best_epoch)
             break
-    if best_weights is not None:
-        model.set_weights(best_weights)
+    best_weights.restore()
     return model, history
 
 

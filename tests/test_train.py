@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from deeprec.matrix import NAMED_FILLS, build_matrices
 from deeprec.models import MODELS, untie
 from deeprec.ratings import Ratings
 from deeprec.splits import holdout_split
-from deeprec.train import TrainingData, TrainingDiverged, fit, observed_errors, predict_rows
+from deeprec.train import BestWeights, TrainingData, TrainingDiverged, fit, observed_errors, predict_rows
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +176,26 @@ def test_early_stopping_restores_the_best_weights(tiny_prepared) -> None:
     assert len(history) <= best + 1 + 3  # stopped within `patience` epochs of the best
     final = observed_errors(lambda r: predict_rows(model, data, r), {"valid_rmse": data.matrices.valid}, data.train.shape[0], data.scale)
     assert final["valid_rmse"] == pytest.approx(valid[best], rel=1e-5)
+
+
+def test_large_models_keep_their_best_weights_on_disk(tiny_prepared, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every model counts as large: the best epoch's weights go to a temporary folder, come back
+    # at the end, and the folder is removed.
+    monkeypatch.setattr(BestWeights, "SPILL_BYTES", 0)
+    folders: list[str] = []
+    original_save = BestWeights.save
+
+    def save(self: BestWeights) -> None:
+        original_save(self)
+        assert self.copy is None and self.folder is not None and len(os.listdir(self.folder.name)) == len(self.model.weights)
+        folders.append(self.folder.name)
+
+    monkeypatch.setattr(BestWeights, "save", save)
+    data = tiny_prepared[("user", "zero", "none")].data
+    cfg = TrainConfig(orientation="user", arch="8", lr=0.05, epochs=40, batch_size=8, patience=3).validate()
+    model, history = fit(cfg, data)
+    valid = [h["valid_rmse"] for h in history]
+    final = observed_errors(lambda r: predict_rows(model, data, r), {"valid_rmse": data.matrices.valid}, data.train.shape[0], data.scale)
+    assert int(np.argmin(valid)) < len(valid) - 1  # it did train past its best epoch
+    assert final["valid_rmse"] == pytest.approx(min(valid), rel=1e-5)
+    assert folders and not any(os.path.exists(folder) for folder in folders)
