@@ -30,7 +30,7 @@ from deeprec.config import TrainConfig
 
 # Per-rating tensors are (ratings x hidden) floats: 2^15 ratings x 500 units = 66 MB each, and a
 # step or an evaluation block holds several at once (the gathers, their product, their gradients).
-EVAL_BLOCK_RATINGS = 1 << 15
+EVAL_BLOCK_RATINGS = 1 << 14  # smaller: evaluation also holds a transposed copy of the output kernel
 STEP_CHUNK_RATINGS = 1 << 15  # ratings whose output is computed at once in a training step
 
 
@@ -113,6 +113,13 @@ class SparseStepper:
         self.optimizer = optimizer
         self.noise_rng = tf.random.Generator.from_seed(cfg.seed)
         self.chunk_ratings = STEP_CHUNK_RATINGS
+        # The models' only penalties are L2 on Dense kernels (models.build_autoencoder). Their
+        # gradient, 2·λ·W, is added by hand: through the tape it held about three more kernel-sized
+        # buffers at once (0.4 GB for I-AutoRec at the ML-10M shape).
+        regularized = [layer for layer in model.layers if getattr(layer, "kernel_regularizer", None) is not None]
+        if not all(isinstance(layer.kernel_regularizer, keras.regularizers.L2) for layer in regularized):
+            raise ValueError("the sparse path supports L2 kernel penalties only")
+        self.penalties = [(layer.kernel, float(layer.kernel_regularizer.l2)) for layer in regularized]
         self.step = tf.function(self._step)
 
     def _corrupt(self, values: tf.Tensor) -> tf.Tensor:
@@ -130,7 +137,8 @@ class SparseStepper:
         lower = [v for v in self.model.trainable_weights if v is not output.kernel and v is not output.bias]
         with tf.GradientTape() as tape:
             hidden = self.sparse.hidden(positions, columns, self._corrupt(values), tf.cast(tf.shape(rows)[0], tf.int64), training=True)
-            penalty = tf.add_n([tf.cast(v, tf.float32) for v in self.model.losses]) if self.model.losses else tf.constant(0.0)
+        # l2_loss (Σw²/2) is one reduction, without a squared copy of the kernel.
+        penalty = tf.add_n([2.0 * l2 * tf.nn.l2_loss(kernel.value) for kernel, l2 in self.penalties]) if self.penalties else tf.constant(0.0)
         # The output layer and the loss go chunk by chunk: each rating gathers a hidden vector and a
         # kernel column, and a batch of popular items holds hundreds of thousands of ratings, so
         # only one chunk's per-rating tensors exist at a time. Each chunk's gradient is summed
@@ -162,13 +170,14 @@ class SparseStepper:
             [tf.constant(0), tf.constant(0.0), tf.zeros_like(hidden), tf.zeros_like(kernel_t), tf.zeros_like(output.bias)],
         )
         d_kernel = tf.transpose(d_kernel_t)
-        # One backward pass from the hidden layer (with the chunks' summed gradient) and the L2
-        # penalty; the output layer gets its penalty's gradient here and its data gradient above.
-        sources = [*lower, output.kernel, output.bias]
-        grads = tape.gradient([hidden, penalty], sources, output_gradients=[d_hidden, tf.constant(1.0)])
-        by_variable = {id(v): tf.zeros(v.shape) if g is None else tf.convert_to_tensor(g) for v, g in zip(sources, grads)}
-        by_variable[id(output.kernel)] += d_kernel
-        by_variable[id(output.bias)] += d_bias
+        # One backward pass from the hidden layer with the chunks' summed gradient; the output
+        # layer has its data gradient from the chunks, and every kernel its penalty's.
+        grads = tape.gradient(hidden, lower, output_gradients=d_hidden)
+        by_variable = {id(v): tf.zeros(v.shape) if g is None else tf.convert_to_tensor(g) for v, g in zip(lower, grads)}
+        by_variable[id(output.kernel)] = d_kernel
+        by_variable[id(output.bias)] = d_bias
+        for kernel, l2 in self.penalties:
+            by_variable[id(kernel)] += (2.0 * l2) * kernel.value
         self.optimizer.apply([by_variable[id(v)] for v in self.model.trainable_weights], self.model.trainable_weights)
         return data_loss + penalty
 

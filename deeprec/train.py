@@ -10,6 +10,7 @@ one batch at a time otherwise.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -226,7 +227,8 @@ class BestWeights:
         if self.folder is None:
             self.folder = tempfile.TemporaryDirectory(prefix="deeprec-best-")
         for index, variable in enumerate(self.model.weights):
-            np.save(os.path.join(self.folder.name, f"{index}.npy"), keras.ops.convert_to_numpy(variable.value))
+            # A read of a CPU variable's value is a view of its buffer: saved without another copy.
+            np.save(os.path.join(self.folder.name, f"{index}.npy"), tf.convert_to_tensor(variable.value).numpy())
 
     def restore(self) -> None:
         """Put the saved weights back (nothing saved: the model keeps its weights)."""
@@ -308,6 +310,11 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
         if has_valid and cfg.patience and epoch - best_epoch >= cfg.patience:
             log.info("early stop at epoch %d: no better validation RMSE since epoch %d", epoch, best_epoch)
             break
+    # The training step's optimizer state (twice the weights, for Adam) is not needed any more: it
+    # goes before the best weights come back. The compiled step refers to its owner, a reference
+    # cycle, hence the collection.
+    sparse_step = stepper = None
+    gc.collect()
     best_weights.restore()
     return model, history
 

@@ -65,12 +65,17 @@ def test_loss_and_gradients_match_the_dense_computation(ratings: Ratings, orient
         np.testing.assert_allclose(sparse_grad, dense_grad, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize(("orientation", "chunk"), [("user", 1 << 17), ("item", 1 << 17), ("item", 7)])
+@pytest.mark.parametrize(
+    ("orientation", "chunk", "arch", "l2"),
+    [("user", 1 << 17, "6", 1e-4), ("item", 1 << 17, "6", 1e-4), ("item", 7, "6", 1e-4), ("user", 5, "6,4,6", 0.05)],
+)
 def test_fit_on_sparse_rows_follows_the_dense_training_curve(
-    ratings: Ratings, orientation: str, chunk: int, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    ratings: Ratings, orientation: str, chunk: int, arch: str, l2: float, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sparse, "STEP_CHUNK_RATINGS", chunk)  # 7: every batch's output in many chunks
-    cfg = TrainConfig(orientation=orientation, arch="6", epochs=4, batch_size=8, patience=0, lr=0.01).validate()
+    # chunk 7 or 5: every batch's output in many chunks; l2 0.05: the penalty's gradient (added
+    # by hand on the sparse path) weighs in every layer's update
+    monkeypatch.setattr(sparse, "STEP_CHUNK_RATINGS", chunk)
+    cfg = TrainConfig(orientation=orientation, arch=arch, l2=l2, epochs=4, batch_size=8, patience=0, lr=0.01).validate()
     split = holdout_split(ratings.users)
     cached = TrainingData(build_matrices(ratings, split, orientation, "zero", dense_cache=True), ratings.scale)
     with caplog.at_level("INFO", logger="deeprec.train"):
