@@ -207,12 +207,14 @@ def observed_errors(predict: Callable[[np.ndarray], np.ndarray], targets_by_name
 class BestWeights:
     """A copy of the model's weights at its best epoch, for early stopping to restore.
 
-    Small models keep it in memory. Above `SPILL_BYTES` it goes to a temporary file instead, as
+    Small models keep it in memory. Above `SPILL_BYTES` it goes to a temporary folder instead, as
     Keras's ModelCheckpoint(save_best_only=True) would: at the ML-10M shape I-AutoRec's weights are
-    280 MB, and a copy in memory would sit on top of the training step's peak.
+    280 MB, and a copy in memory would sit on top of the training step's peak. The files are
+    written and read a block of rows at a time, so neither direction holds a whole kernel.
     """
 
     SPILL_BYTES = 128 << 20
+    BLOCK_BYTES = 16 << 20
 
     def __init__(self, model: keras.Model) -> None:
         self.model = model
@@ -227,8 +229,9 @@ class BestWeights:
         if self.folder is None:
             self.folder = tempfile.TemporaryDirectory(prefix="deeprec-best-")
         for index, variable in enumerate(self.model.weights):
-            # A read of a CPU variable's value is a view of its buffer: saved without another copy.
-            np.save(os.path.join(self.folder.name, f"{index}.npy"), tf.convert_to_tensor(variable.value).numpy())
+            with open(self._path(index), "wb") as file:
+                for start, stop in self._blocks(variable):
+                    file.write(variable.value[start:stop].numpy().tobytes())
 
     def restore(self) -> None:
         """Put the saved weights back (nothing saved: the model keeps its weights)."""
@@ -236,9 +239,22 @@ class BestWeights:
             self.model.set_weights(self.copy)
         elif self.folder is not None:
             for index, variable in enumerate(self.model.weights):
-                variable.assign(np.load(os.path.join(self.folder.name, f"{index}.npy")))
+                with open(self._path(index), "rb") as file:
+                    for start, stop in self._blocks(variable):
+                        shape = (stop - start, *variable.shape[1:])
+                        block = np.fromfile(file, dtype=variable.dtype, count=int(np.prod(shape)))
+                        variable.value[start:stop].assign(block.reshape(shape))
             self.folder.cleanup()
             self.folder = None
+
+    def _path(self, index: int) -> str:
+        return os.path.join(self.folder.name, f"{index}.bin")
+
+    def _blocks(self, variable: keras.Variable) -> list[tuple[int, int]]:
+        """Row ranges of about BLOCK_BYTES each (the weights of Dense layers: kernels and biases)."""
+        row_bytes = int(np.prod(variable.shape[1:])) * np.dtype(variable.dtype).itemsize
+        rows = max(1, self.BLOCK_BYTES // row_bytes)
+        return [(start, min(start + rows, variable.shape[0])) for start in range(0, variable.shape[0], rows)]
 
     def _bytes(self) -> int:
         return sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in self.model.weights)

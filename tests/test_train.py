@@ -179,9 +179,10 @@ def test_early_stopping_restores_the_best_weights(tiny_prepared) -> None:
 
 
 def test_large_models_keep_their_best_weights_on_disk(tiny_prepared, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Every model counts as large: the best epoch's weights go to a temporary folder, come back
-    # at the end, and the folder is removed.
+    # Every model counts as large: the best epoch's weights go to a temporary folder block by
+    # block, come back at the end, and the folder is removed.
     monkeypatch.setattr(BestWeights, "SPILL_BYTES", 0)
+    monkeypatch.setattr(BestWeights, "BLOCK_BYTES", 64)  # several blocks per kernel and bias
     folders: list[str] = []
     original_save = BestWeights.save
 
