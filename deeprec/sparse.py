@@ -10,8 +10,9 @@ loss needs the output only where a rating was observed. This path computes exact
 - output layer: for each observed (row, column), the dot product of the row's last hidden vector
   with that column of the output kernel.
 
-The loss (masked MSE per rating), the L2 penalties (`model.losses`) and hence the gradients are the
-dense path's; only the random draws of input noise differ. Time per epoch grows with the number of
+The loss (masked MSE per rating), the L2 penalties (the models' kernel regularizers, with their
+gradient 2·λ·W added by hand) and hence the gradients are the dense path's; only the random draws
+of input noise differ. Time per epoch grows with the number of
 ratings instead of users x items. It applies to zero fill, no or dropout/mask input noise, no dense
 re-feeding, no side information, untied float32 models (`supports`); anything else trains densely.
 """
