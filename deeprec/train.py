@@ -218,12 +218,13 @@ class BestWeights:
 
     def __init__(self, model: keras.Model) -> None:
         self.model = model
+        self.in_memory = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights) <= self.SPILL_BYTES
         self.copy: list[np.ndarray] | None = None
         self.folder: tempfile.TemporaryDirectory | None = None
 
     def save(self) -> None:
         self.copy = None  # the old copy goes first, or the weights would be held three times at once
-        if self._bytes() <= self.SPILL_BYTES:
+        if self.in_memory:
             self.copy = self.model.get_weights()
             return
         if self.folder is None:
@@ -255,9 +256,6 @@ class BestWeights:
         row_bytes = int(np.prod(variable.shape[1:])) * np.dtype(variable.dtype).itemsize
         rows = max(1, self.BLOCK_BYTES // row_bytes)
         return [(start, min(start + rows, variable.shape[0])) for start in range(0, variable.shape[0], rows)]
-
-    def _bytes(self) -> int:
-        return sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in self.model.weights)
 
 
 def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = None) -> tuple[keras.Model, list[dict]]:
