@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seeds", type=_whole_number, default=1, help="seeds per row (default 1)")
     sweep.add_argument("--max-parallel", type=_whole_number, default=1, help="rows trained at once, in worker processes (default 1)")
     sweep.add_argument("--epochs", type=_whole_number, default=None, help="override every row's epochs: a smoke sweep, tagged as such")
+    sweep.add_argument("--no-reuse", dest="reuse", action="store_false",
+                       help="train every (row, seed) here, even one whose exact config another sweep already trained")
     sweep.add_argument("--json", action="store_true", help="print one JSON summary object last")
 
     report = commands.add_parser("report", help="the tracked runs of an experiment file beside the published numbers")
@@ -292,11 +294,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from deeprec import sweep
 
     sweep.load_experiment(args.experiment)  # every row validated before anything runs
-    summary = sweep.run_sweep(args.experiment, seeds=args.seeds, max_parallel=args.max_parallel, epochs=args.epochs)
+    summary = sweep.run_sweep(args.experiment, seeds=args.seeds, max_parallel=args.max_parallel, epochs=args.epochs, reuse=args.reuse)
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"sweep {summary['sweep']}: {summary['ran']} run(s) done, {summary['skipped']} already finished, "
+        print(f"sweep {summary['sweep']}: {summary['ran']} run(s) done, {summary['reused']} copied from other sweeps, "
+              f"{summary['skipped']} already finished, "
               f"{summary['failed']} failed (parent run {summary['parent_run_id']})")
     return EXIT_FAILED if summary["failed"] else 0
 

@@ -154,6 +154,15 @@ def find_local(spec: DatasetSpec, root: Path | None = None) -> Path | None:
     return None
 
 
+def local_ratings_digest(spec: DatasetSpec, root: Path | None = None) -> str | None:
+    """The MD5 of the spec's ratings file as `load` would record it, or None when the file is not
+    here yet (nothing is downloaded)."""
+    folder = find_local(spec, root)
+    if folder is None:
+        return None
+    return archive_md5(spec.local_path if spec.local_path is not None else folder / spec.ratings_file)
+
+
 def ensure_dataset(spec: DatasetSpec, progress: Progress | None = None, root: Path | None = None) -> Path:
     """The folder with the dataset's files, downloading and extracting it first if needed."""
     found = find_local(spec, root)

@@ -19,12 +19,19 @@ config: edit a row (or the base) and its old runs are ignored, by the sweep and 
 and the row runs again. `--epochs`
 overrides every row's epochs for a quick smoke sweep: those runs are tagged smoke and the report
 never averages them with full runs.
+
+Several tables share rows (each table of the report starts from the same baseline). A (row, seed)
+whose exact config already FINISHED as a full run of any sweep, on the same data (the ratings
+file's MD5), is not trained again: that run's params, per-epoch metrics, artifacts and wall times
+are copied into a run of this sweep tagged deeprec.reused_from. `--no-reuse` trains it anyway (a
+GPU run is not bit-reproducible, so a copy and a retraining can differ in the last digits).
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -36,6 +43,7 @@ log = logging.getLogger(__name__)
 
 METRICS = ("test_rmse_user_avg", "test_rmse")
 TAG_SWEEP, TAG_ROW, TAG_SEED, TAG_SMOKE, TAG_KIND = "deeprec.sweep", "deeprec.row", "deeprec.seed_index", "deeprec.smoke", "deeprec.kind"
+TAG_REUSED = "deeprec.reused_from"
 
 
 @dataclass(frozen=True)
@@ -140,8 +148,9 @@ def _run_job(job: Job) -> tuple[str, str]:
     return row.name, result.run_id
 
 
-def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: int | None = None) -> dict:
-    """Run every (row, seed) not already finished; return counts and the parent run id."""
+def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: int | None = None, reuse: bool = True) -> dict:
+    """Run every (row, seed) not already finished, copying those another sweep already trained
+    (unless `reuse` is off or the sweep is a smoke sweep); return counts and the parent run id."""
     import mlflow
 
     if seeds < 1:
@@ -160,6 +169,10 @@ def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: i
     ]
     log.info("sweep %s: %d row(s) x %d seed(s), %d already finished, %d to run%s",
              experiment.name, len(experiment.rows), seeds, len(experiment.rows) * seeds - len(jobs), len(jobs), " (smoke)" if smoke else "")
+    reused = 0
+    if reuse and not smoke and jobs:
+        left = _reuse_trained(experiment, jobs, parent_id)
+        reused, jobs = len(jobs) - len(left), left
     failed = []
     if max_parallel == 1:
         for job in jobs:
@@ -186,8 +199,8 @@ def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: i
                     failed.append(job.row)
     with mlflow.start_run(run_id=parent_id):
         mlflow.set_tag("deeprec.last_completed", str(len(jobs) - len(failed)))
-    return {"sweep": experiment.name, "parent_run_id": parent_id, "ran": len(jobs) - len(failed), "failed": len(failed),
-            "skipped": len(experiment.rows) * seeds - len(jobs), "smoke": smoke}
+    return {"sweep": experiment.name, "parent_run_id": parent_id, "ran": len(jobs) - len(failed), "reused": reused,
+            "failed": len(failed), "skipped": len(experiment.rows) * seeds - len(jobs) - reused, "smoke": smoke}
 
 
 def _parent_run(experiment: Experiment) -> str:
@@ -218,17 +231,90 @@ def finished_runs(experiment: Experiment, smoke: bool) -> set[tuple[str, int]]:
     }
 
 
-def trained_row_config(run, experiment: Experiment, row: Row) -> bool:
-    """Whether a tracked sweep run trained `row`'s current config for its seed index.
-
-    The run's params are read back as a config, so "1e-3" and "0.001" agree, and a field the run
-    predates takes its default: adding a config field does not orphan older runs.
-    """
+def logged_config(run) -> TrainConfig | None:
+    """A tracked run's params read back as a config, so "1e-3" and "0.001" agree; a field the run
+    predates takes its default, so adding a config field does not orphan older runs."""
     known = {f.name for f in fields(TrainConfig)}
     try:
-        logged = TrainConfig.from_params({k: v for k, v in run.data.params.items() if k in known})
-        smoke = run.data.tags.get(TAG_SMOKE) == "true"
+        return TrainConfig.from_params({k: v for k, v in run.data.params.items() if k in known})
+    except (ConfigError, ValueError):
+        return None
+
+
+def trained_row_config(run, experiment: Experiment, row: Row) -> bool:
+    """Whether a tracked sweep run trained `row`'s current config for its seed index."""
+    logged = logged_config(run)
+    if logged is None:
+        return False
+    smoke = run.data.tags.get(TAG_SMOKE) == "true"
+    try:
         expected = experiment.config(row, int(run.data.tags.get(TAG_SEED, "0")), logged.epochs if smoke else None)
     except (ConfigError, ValueError):
         return False
     return logged == expected
+
+
+def _reuse_trained(experiment: Experiment, jobs: list[Job], parent_id: str) -> list[Job]:
+    """Copy every job's run that a full run of any sweep already trained (same config and seed,
+    same ratings file); return the jobs still to train."""
+    import mlflow
+
+    from deeprec import datasets
+
+    runs = mlflow.search_runs(
+        filter_string=f"tags.`{TAG_KIND}` = 'sweep-run' and tags.`{TAG_SMOKE}` = 'false' and attributes.status = 'FINISHED'",
+        output_format="list",
+    )
+    trained = [(config, run) for run in runs if (config := logged_config(run)) is not None]
+    digests: dict[str, str | None] = {}
+    rows = {row.name: row for row in experiment.rows}
+    left = []
+    for job in jobs:
+        cfg = experiment.config(rows[job.row], job.seed_index)
+        if cfg.dataset not in digests:
+            digests[cfg.dataset] = datasets.local_ratings_digest(datasets.get_spec(cfg.dataset))
+        source = next(
+            (run for config, run in trained if config == cfg and digests[cfg.dataset] and run.data.tags.get("dataset_digest") == digests[cfg.dataset]),
+            None,
+        )
+        if source is None:
+            left.append(job)
+            continue
+        _copy_run(source, experiment, job, parent_id)
+        log.info("%s seed %d: reused run %s (sweep %s, row %s)", job.row, job.seed_index, source.info.run_id,
+                 source.data.tags.get(TAG_SWEEP), source.data.tags.get(TAG_ROW))
+    return left
+
+
+def _copy_run(source, experiment: Experiment, job: Job, parent_id: str) -> str:
+    """A FINISHED run of this sweep with the source run's params, metric histories, artifacts and
+    wall times; its models stay logged with the source run, which the run's note names."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+
+    client = MlflowClient()
+    source_id = source.info.run_id
+    name = f"{job.row} · seed {job.seed_index}"
+    tags = {k: v for k, v in source.data.tags.items() if not k.startswith("mlflow.")}
+    tags.update({
+        TAG_SWEEP: experiment.name, TAG_ROW: job.row, TAG_SEED: str(job.seed_index), TAG_SMOKE: "false", TAG_KIND: "sweep-run",
+        TAG_REUSED: source_id, "mlflow.parentRunId": parent_id,
+        "mlflow.note.content": f"Copied from run {source_id} (sweep {source.data.tags.get(TAG_SWEEP)}, row "
+                               f"{source.data.tags.get(TAG_ROW)}): the same config and seed on the same data. Its models are logged there.",
+    })
+    run = client.create_run(client.get_run(parent_id).info.experiment_id, start_time=source.info.start_time, tags=tags, run_name=name)
+    run_id = run.info.run_id
+    try:
+        params = [Param(k, v) for k, v in source.data.params.items()]
+        metrics = [point for key in source.data.metrics for point in client.get_metric_history(source_id, key)]
+        for start in range(0, max(len(params), len(metrics)), 100):  # MLflow's log_batch takes at most 100 params
+            client.log_batch(run_id, metrics=metrics[start : start + 100], params=params[start : start + 100])
+        with tempfile.TemporaryDirectory() as tmp:
+            if client.list_artifacts(source_id):
+                client.log_artifacts(run_id, mlflow.artifacts.download_artifacts(run_id=source_id, dst_path=tmp))
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED", end_time=source.info.end_time)
+    return run_id

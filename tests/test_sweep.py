@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from conftest import synthetic_ratings, write_ml1m
 from deeprec.cli import main
 from deeprec.errors import DeeprecError
-from deeprec.sweep import TAG_ROW, TAG_SMOKE, TAG_SWEEP, load_experiment
+from deeprec.sweep import TAG_REUSED, TAG_ROW, TAG_SMOKE, TAG_SWEEP, load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT_FILES = sorted(p for p in (ROOT / "experiments").glob("*.yaml") if "rows:" in p.read_text())
@@ -118,6 +118,49 @@ def test_an_edited_row_runs_again_and_its_old_runs_leave_the_report(workspace: P
     assert rows["average"]["runs"] == 1 and rows["zero"]["runs"] == 1
     edited = next(r for r in runs if r.data.params["l2"] == "0.01")
     assert rows["average"]["measured_user_avg"] == pytest.approx(edited.data.metrics["test_rmse_user_avg"])
+
+
+def test_a_row_another_sweep_trained_is_copied_not_trained_again(workspace: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["sweep", "tiny.yaml", "--json"]) == 0
+    capsys.readouterr()
+    # A second table that starts from the same baseline (same config, other name), as the report's do.
+    (workspace / "other.yaml").write_text(
+        "name: other\ntitle: Other table\nmetric: test_rmse_user_avg\n"
+        "base: {orientation: user, arch: '4', batch_size: 8, epochs: 3, patience: 0}\n"
+        "rows:\n  - {name: baseline, published: null, params: {fill: zero}}\n  - {name: wider, published: null, params: {arch: '6'}}\n"
+    )
+    assert main(["sweep", "other.yaml", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["ran"], summary["reused"], summary["skipped"]) == (1, 1, 0)
+
+    client = MlflowClient()
+    source = client.search_runs(["0"], f"tags.`{TAG_SWEEP}` = 'tiny' and tags.`{TAG_ROW}` = 'zero'")[0]
+    copy = client.search_runs(["0"], f"tags.`{TAG_SWEEP}` = 'other' and tags.`{TAG_ROW}` = 'baseline'")[0]
+    assert copy.info.status == "FINISHED" and copy.data.tags[TAG_REUSED] == source.info.run_id
+    assert copy.data.tags["mlflow.parentRunId"] == summary["parent_run_id"]
+    assert copy.data.metrics == source.data.metrics and copy.data.params == source.data.params
+    assert [m.value for m in client.get_metric_history(copy.info.run_id, "valid_rmse")] == [
+        m.value for m in client.get_metric_history(source.info.run_id, "valid_rmse")] and len(client.get_metric_history(copy.info.run_id, "valid_rmse")) == 3
+    assert (copy.info.start_time, copy.info.end_time) == (source.info.start_time, source.info.end_time)
+    assert {a.path for a in client.list_artifacts(copy.info.run_id)} == {a.path for a in client.list_artifacts(source.info.run_id)}
+    assert main(["report", "other.yaml", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]}
+    assert rows["baseline"]["measured_user_avg"] == pytest.approx(source.data.metrics["test_rmse_user_avg"])
+
+    # --no-reuse trains it; on the CPU the same config and seed give the same numbers.
+    baseline_only = (workspace / "other.yaml").read_text().split("  - {name: wider")[0]
+    (workspace / "third.yaml").write_text(baseline_only.replace("name: other", "name: third"))
+    assert main(["sweep", "third.yaml", "--no-reuse", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["reused"] == 0
+    retrained = client.search_runs(["0"], f"tags.`{TAG_SWEEP}` = 'third' and tags.`{TAG_ROW}` = 'baseline'")[0]
+    assert TAG_REUSED not in retrained.data.tags
+    assert retrained.data.metrics["test_rmse_user_avg"] == pytest.approx(source.data.metrics["test_rmse_user_avg"], rel=1e-6)
+
+    # Other data under the same dataset name: nothing is reused.
+    write_ml1m(workspace / "data" / "ml-1m", synthetic_ratings(n_users=30, n_items=20, per_user=(10, 16), seed=9))
+    (workspace / "fourth.yaml").write_text(baseline_only.replace("name: other", "name: fourth"))
+    assert main(["sweep", "fourth.yaml", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["reused"] == 0
 
 
 def test_parallel_sweep_workers_get_their_share_of_the_cores() -> None:
