@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 from deeprec import __version__, datasets
 from deeprec.config import FIELD_DOCS, TrainConfig
@@ -378,10 +381,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
     command = COMMANDS[(args.command, getattr(args, f"{args.command}_command", None))]
     try:
-        return command(args)
+        with interrupt_on_sigterm():
+            return command(args)
     except DeeprecError as exc:
         print(f"deeprec: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("deeprec: interrupted (the MLflow run, if any, is marked KILLED)", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+@contextlib.contextmanager
+def interrupt_on_sigterm() -> Iterator[None]:
+    """Treat SIGTERM (`kill`, a job scheduler, the end of a session) like Ctrl-C while a command
+    runs: its MLflow run is then marked KILLED instead of being left RUNNING for ever."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

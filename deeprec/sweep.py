@@ -31,9 +31,12 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import signal
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 from deeprec.config import ConfigError, TrainConfig, format_param, read_yaml_file
@@ -127,16 +130,31 @@ class Job:
     parent_run_id: str
 
 
-def _init_worker(threads: int) -> None:
+_stop: Event | None = None  # in a worker process: set once the sweep is interrupted
+
+
+def _init_worker(threads: int, stop: Event | None = None) -> None:
+    """Size the worker's TensorFlow threads and let the sweep, not the terminal, interrupt it:
+    Ctrl-C reaches the sweep, which then sends each worker one SIGTERM (see `_interrupt`)."""
+    global _stop
     from deeprec.train import limit_threads  # in the worker, before its first TensorFlow op
 
     limit_threads(threads)
+    _stop = stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _run_job(job: Job) -> tuple[str, str]:
     """Train one (row, seed) as a run nested under the sweep's parent; runs in a worker process."""
     from deeprec import tracking
 
+    if _stop is not None and _stop.is_set():  # queued before the interrupt: start nothing new
+        return job.row, ""
     experiment = load_experiment(job.experiment_path)
     row = next(r for r in experiment.rows if r.name == job.row)
     cfg = experiment.config(row, job.seed_index, job.epochs)
@@ -188,8 +206,10 @@ def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: i
         from deeprec.train import usable_cores
 
         threads = max(1, usable_cores() // max_parallel)
-        with ProcessPoolExecutor(max_workers=max_parallel, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(threads,)) as pool:
+        context = multiprocessing.get_context("spawn")
+        stop = context.Event()
+        pool = ProcessPoolExecutor(max_workers=max_parallel, mp_context=context, initializer=_init_worker, initargs=(threads, stop))
+        try:
             futures = {pool.submit(_run_job, job): job for job in jobs}
             for future, job in futures.items():
                 try:
@@ -197,10 +217,25 @@ def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: i
                 except DeeprecError as exc:
                     log.error("%s seed %d failed: %s", job.row, job.seed_index, exc)
                     failed.append(job.row)
+        except KeyboardInterrupt:
+            _interrupt(pool, stop)
+            raise
+        pool.shutdown()
     with mlflow.start_run(run_id=parent_id):
         mlflow.set_tag("deeprec.last_completed", str(len(jobs) - len(failed)))
     return {"sweep": experiment.name, "parent_run_id": parent_id, "ran": len(jobs) - len(failed), "reused": reused,
             "failed": len(failed), "skipped": len(experiment.rows) * seeds - len(jobs) - reused, "smoke": smoke}
+
+
+def _interrupt(pool: ProcessPoolExecutor, stop: Event) -> None:
+    """Stop a parallel sweep: no queued job starts, and each running one ends as a KILLED run."""
+    stop.set()
+    # The pool keeps its worker processes in a private mapping; there is no public way to reach them.
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGTERM)
+    log.info("sweep interrupted: waiting for the workers to mark their runs KILLED")
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _parent_run(experiment: Experiment) -> str:

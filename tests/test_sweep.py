@@ -163,6 +163,33 @@ def test_a_row_another_sweep_trained_is_copied_not_trained_again(workspace: Path
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["reused"] == 0
 
 
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_a_terminated_sweep_marks_its_runs_killed_and_starts_no_more(workspace: Path, parallel: int) -> None:
+    """SIGTERM (kill, a scheduler, the end of a session) stops a sweep like Ctrl-C: the runs in
+    progress end KILLED, not RUNNING for ever, and no queued row starts."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = workspace / "tiny.yaml"
+    path.write_text(path.read_text().replace("epochs: 3", "epochs: 100000") + "  - {name: third, published: null, params: {arch: '5'}}\n")
+    sweep = subprocess.Popen([sys.executable, "-m", "deeprec", "sweep", "tiny.yaml", "--max-parallel", str(parallel)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient()
+    query = f"tags.`{TAG_SWEEP}` = 'tiny' and tags.`deeprec.kind` = 'sweep-run'"
+    deadline = time.monotonic() + 120
+    while len([r for r in client.search_runs(["0"], query) if r.info.status == "RUNNING"]) < parallel:
+        assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()
+        time.sleep(0.5)
+    time.sleep(1)  # inside the training loop
+    sweep.send_signal(signal.SIGTERM)
+    _, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130, err
+    runs = client.search_runs(["0"], query)
+    assert len(runs) == parallel and {r.info.status for r in runs} == {"KILLED"}
+
+
 def test_parallel_sweep_workers_get_their_share_of_the_cores() -> None:
     """--max-parallel P starts workers with cores/P TensorFlow threads each (the pool's
     initializer); TF's default in each would oversubscribe the machine P times over."""
