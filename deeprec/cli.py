@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
-from deeprec import __version__, datasets
+from deeprec import __version__, datasets, interrupts
 from deeprec.config import FIELD_DOCS, TrainConfig
 from deeprec.errors import DeeprecError
 from deeprec.ratings import DUPLICATE_POLICIES
@@ -381,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
     command = COMMANDS[(args.command, getattr(args, f"{args.command}_command", None))]
     try:
-        with interrupt_on_sigterm():
+        with interrupts.installed():  # SIGTERM ends a run KILLED, as Ctrl-C does
             return command(args)
     except DeeprecError as exc:
         print(f"deeprec: error: {exc}", file=sys.stderr)
@@ -390,20 +387,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("deeprec: interrupted (the MLflow run, if any, is marked KILLED)", file=sys.stderr)
         return EXIT_INTERRUPTED
 
-
-@contextlib.contextmanager
-def interrupt_on_sigterm() -> Iterator[None]:
-    """Treat SIGTERM (`kill`, a job scheduler, the end of a session) like Ctrl-C while a command
-    runs: its MLflow run is then marked KILLED instead of being left RUNNING for ever."""
-    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")

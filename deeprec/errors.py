@@ -22,3 +22,4 @@ class DataFormatError(DeeprecError):
 
 class DownloadError(DeeprecError):
     """A dataset that could not be fetched or did not verify; the cache is left untouched."""
+

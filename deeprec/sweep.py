@@ -137,16 +137,13 @@ def _init_worker(threads: int, stop: Event | None = None) -> None:
     """Size the worker's TensorFlow threads and let the sweep, not the terminal, interrupt it:
     Ctrl-C reaches the sweep, which then sends each worker one SIGTERM (see `_interrupt`)."""
     global _stop
+    from deeprec import interrupts
     from deeprec.train import limit_threads  # in the worker, before its first TensorFlow op
 
     limit_threads(threads)
     _stop = stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, interrupts.handle)
 
 
 def _run_job(job: Job) -> tuple[str, str]:

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure  # Figure, not pyplot: files only, never a 
 from mlflow.data.http_dataset_source import HTTPDatasetSource
 from mlflow.models import infer_signature
 
-from deeprec import __version__, cv, experiment, serve
+from deeprec import __version__, cv, experiment, interrupts, serve
 from deeprec.config import TrainConfig
 from deeprec.models import untie
 from deeprec.train import TrainingDiverged, model_inputs
@@ -77,6 +77,12 @@ def curve_figures(history: list[dict]) -> dict[str, Figure]:
         fig.tight_layout()
         figures[name] = fig
     return figures
+
+
+def log_epoch(metrics: dict[str, float], epoch: int) -> None:
+    """One epoch's metrics, written with interrupts held back (see deeprec.interrupts)."""
+    with interrupts.deferred():
+        mlflow.log_metrics(metrics, step=epoch)
 
 
 def log_history(history: list[dict]) -> None:
@@ -149,7 +155,7 @@ def track_cv(
                 mlflow.set_tags(run_tags(cfg, dataset, {"deeprec.kind": "cv-fold"}))
                 result = cv.run_fold(
                     cfg, dataset, split, fold, ensemble=ensemble,
-                    on_epoch=lambda _, r: mlflow.log_metrics({k: v for k, v in r.items() if k != "epoch"}, step=r["epoch"]),
+                    on_epoch=lambda _, r: log_epoch({k: v for k, v in r.items() if k != "epoch"}, r["epoch"]),
                 )
                 mlflow.log_metrics({"best_valid_rmse": result.best_valid_rmse, "best_epoch": float(result.best_epoch)})
                 log_history(result.history)
@@ -176,7 +182,7 @@ def tracked_refit(cfg: TrainConfig, epochs: int, dataset, tags: dict[str, str] |
         refit_cfg = cfg.replace(epochs=epochs, patience=0)
         log_config(refit_cfg)
         mlflow.set_tags(run_tags(cfg, dataset, {"deeprec.kind": "refit", **(tags or {})}))
-        outcome = cv.refit(cfg, epochs, dataset, on_epoch=lambda r: mlflow.log_metrics({k: v for k, v in r.items() if k != "epoch"}, step=r["epoch"]))
+        outcome = cv.refit(cfg, epochs, dataset, on_epoch=lambda r: log_epoch({k: v for k, v in r.items() if k != "epoch"}, r["epoch"]))
         test = {k: v for k, v in outcome.metrics.items() if k.startswith(("test_", "baseline_", "precision", "recall", "ndcg"))}
         mlflow.log_metrics(outcome.metrics)
         log_history(outcome.history)
@@ -199,7 +205,7 @@ def train_tracked(
             history.append(record)
             # Grouped runs train one model per group: each group gets its own curves.
             prefix = f"group_{record['group']}_" if "group" in record else ""
-            mlflow.log_metrics({prefix + k: v for k, v in record.items() if k not in ("epoch", "group")}, step=record["epoch"])
+            log_epoch({prefix + k: v for k, v in record.items() if k not in ("epoch", "group")}, record["epoch"])
 
         try:
             outcome = experiment.run(cfg, prepared, on_epoch=on_epoch)

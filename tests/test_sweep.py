@@ -187,7 +187,7 @@ def test_a_terminated_sweep_marks_its_runs_killed_and_starts_no_more(workspace: 
     _, err = sweep.communicate(timeout=120)
     assert sweep.returncode == 130, err
     runs = client.search_runs(["0"], query)
-    assert len(runs) == parallel and {r.info.status for r in runs} == {"KILLED"}
+    assert len(runs) == parallel and {r.info.status for r in runs} == {"KILLED"}, err
 
 
 def test_parallel_sweep_workers_get_their_share_of_the_cores() -> None:
