@@ -39,6 +39,7 @@ from dataclasses import dataclass, fields
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
+from deeprec import interrupts
 from deeprec.config import ConfigError, TrainConfig, format_param, read_yaml_file
 from deeprec.errors import DeeprecError
 
@@ -137,7 +138,6 @@ def _init_worker(threads: int, stop: Event | None = None) -> None:
     """Size the worker's TensorFlow threads and let the sweep, not the terminal, interrupt it:
     Ctrl-C reaches the sweep, which then sends each worker one SIGTERM (see `_interrupt`)."""
     global _stop
-    from deeprec import interrupts
     from deeprec.train import limit_threads  # in the worker, before its first TensorFlow op
 
     limit_threads(threads)
