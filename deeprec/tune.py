@@ -115,7 +115,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from deeprec import __version__, cv, datasets, interrupts, tracking
+from deeprec import __version__, cv, datasets, tracking
 from deeprec.config import ConfigError, TrainConfig, format_param, read_yaml_file
 from deeprec.errors import DeeprecError
 from deeprec.splits import Split
@@ -642,8 +642,7 @@ class _Objective:
 
 
 def _log_epoch(record: dict, step: int) -> None:
-    with interrupts.deferred():  # see deeprec.interrupts
-        mlflow.log_metrics({k: v for k, v in record.items() if k in ("valid_rmse", "train_rmse", "train_loss")}, step=step)
+    tracking.log_epoch({k: v for k, v in record.items() if k in ("valid_rmse", "train_rmse", "train_loss")}, step)
 
 
 def _stale_run_marker(study_name: str, experiment_id: str) -> Callable[[optuna.Study, FrozenTrial], None]:
