@@ -74,15 +74,16 @@ def test_default_space_file_is_the_built_in_default() -> None:
     assert tune.load_space().params == tune.DEFAULT_PARAMS
 
 
-def test_accuracy_space_yields_valid_item_configs() -> None:
-    space = tune.load_space(ROOT / "experiments" / "accuracy_space.yaml")
-    assert space.fixed["orientation"] == "item" and {"l2", "lr", "dropout", "arch", "noise"} <= set(space.params)
+@pytest.mark.parametrize(("name", "l2_range"), [("accuracy_space", (1e-5, 1e-3)), ("accuracy_space_tuned", (1e-6, 1e-4))])
+def test_accuracy_spaces_yield_valid_item_configs(name: str, l2_range: tuple[float, float]) -> None:
+    space = tune.load_space(ROOT / "experiments" / f"{name}.yaml")
+    assert space.fixed["orientation"] == "item" and {"l2", "lr", "dropout", "arch"} <= set(space.params)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(20):
         trial = study.ask()
         base = space.base_config(TrainConfig())
         cfg = tune.trial_config(base, {name: spec.suggest(trial, name) for name, spec in space.params.items()})
-        assert cfg.orientation == "item" and 1e-5 <= cfg.l2 <= 1e-3 and cfg.arch in ("500", "1000")
+        assert cfg.orientation == "item" and l2_range[0] <= cfg.l2 <= l2_range[1] and cfg.arch in ("500", "1000")
 
 
 def test_space_file_adds_drops_and_fixes(tmp_path: Path) -> None:
