@@ -74,9 +74,9 @@ def test_default_space_file_is_the_built_in_default() -> None:
     assert tune.load_space().params == tune.DEFAULT_PARAMS
 
 
-@pytest.mark.parametrize(("name", "l2_range"), [("accuracy_space", (1e-5, 1e-3)), ("accuracy_space_tuned", (1e-6, 1e-4))])
-def test_accuracy_spaces_yield_valid_item_configs(name: str, l2_range: tuple[float, float]) -> None:
-    space = tune.load_space(ROOT / "experiments" / f"{name}.yaml")
+@pytest.mark.parametrize(("space_file", "l2_range"), [("accuracy_space", (1e-5, 1e-3)), ("accuracy_space_tuned", (1e-6, 1e-4))])
+def test_accuracy_spaces_yield_valid_item_configs(space_file: str, l2_range: tuple[float, float]) -> None:
+    space = tune.load_space(ROOT / "experiments" / f"{space_file}.yaml")
     assert space.fixed["orientation"] == "item" and {"l2", "lr", "dropout", "arch"} <= set(space.params)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(20):
