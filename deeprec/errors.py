@@ -22,4 +22,3 @@ class DataFormatError(DeeprecError):
 
 class DownloadError(DeeprecError):
     """A dataset that could not be fetched or did not verify; the cache is left untouched."""
-

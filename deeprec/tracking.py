@@ -85,6 +85,11 @@ def log_epoch(metrics: dict[str, float], epoch: int) -> None:
         mlflow.log_metrics(metrics, step=epoch)
 
 
+def _log_record(record: dict) -> None:
+    """An epoch record of the trainer (its "epoch" key is the step)."""
+    log_epoch({k: v for k, v in record.items() if k != "epoch"}, record["epoch"])
+
+
 def log_history(history: list[dict]) -> None:
     for name, fig in curve_figures(history).items():
         mlflow.log_figure(fig, f"curves/{name}.png")
@@ -155,7 +160,7 @@ def track_cv(
                 mlflow.set_tags(run_tags(cfg, dataset, {"deeprec.kind": "cv-fold"}))
                 result = cv.run_fold(
                     cfg, dataset, split, fold, ensemble=ensemble,
-                    on_epoch=lambda _, r: log_epoch({k: v for k, v in r.items() if k != "epoch"}, r["epoch"]),
+                    on_epoch=lambda _, record: _log_record(record),
                 )
                 mlflow.log_metrics({"best_valid_rmse": result.best_valid_rmse, "best_epoch": float(result.best_epoch)})
                 log_history(result.history)
@@ -182,7 +187,7 @@ def tracked_refit(cfg: TrainConfig, epochs: int, dataset, tags: dict[str, str] |
         refit_cfg = cfg.replace(epochs=epochs, patience=0)
         log_config(refit_cfg)
         mlflow.set_tags(run_tags(cfg, dataset, {"deeprec.kind": "refit", **(tags or {})}))
-        outcome = cv.refit(cfg, epochs, dataset, on_epoch=lambda r: log_epoch({k: v for k, v in r.items() if k != "epoch"}, r["epoch"]))
+        outcome = cv.refit(cfg, epochs, dataset, on_epoch=_log_record)
         test = {k: v for k, v in outcome.metrics.items() if k.startswith(("test_", "baseline_", "precision", "recall", "ndcg"))}
         mlflow.log_metrics(outcome.metrics)
         log_history(outcome.history)
