@@ -27,6 +27,7 @@ import scipy.sparse as sp
 import tensorflow as tf
 
 from deeprec.config import TrainConfig
+from deeprec.models import l2_penalties, penalty_value
 
 
 # Per-rating tensors are (ratings x hidden) floats: 2^15 ratings x 500 units = 66 MB each, and a
@@ -114,13 +115,7 @@ class SparseStepper:
         self.optimizer = optimizer
         self.noise_rng = tf.random.Generator.from_seed(cfg.seed)
         self.chunk_ratings = STEP_CHUNK_RATINGS
-        # The models' only penalties are L2 on Dense kernels (models.build_autoencoder). Their
-        # gradient, 2·λ·W, is added by hand: through the tape it held about three more kernel-sized
-        # buffers at once (0.4 GB for I-AutoRec at the ML-10M shape).
-        regularized = [layer for layer in model.layers if getattr(layer, "kernel_regularizer", None) is not None]
-        if not all(isinstance(layer.kernel_regularizer, keras.regularizers.L2) for layer in regularized):
-            raise ValueError("the sparse path supports L2 kernel penalties only")
-        self.penalties = [(layer.kernel, float(layer.kernel_regularizer.l2)) for layer in regularized]
+        self.penalties = l2_penalties(model)  # their gradient is added by hand (see l2_penalties)
         self.step = tf.function(self._step)
 
     def _corrupt(self, values: tf.Tensor) -> tf.Tensor:
@@ -138,8 +133,7 @@ class SparseStepper:
         lower = [v for v in self.model.trainable_weights if v is not output.kernel and v is not output.bias]
         with tf.GradientTape() as tape:
             hidden = self.sparse.hidden(positions, columns, self._corrupt(values), tf.cast(tf.shape(rows)[0], tf.int64), training=True)
-        # l2_loss (Σw²/2) is one reduction, without a squared copy of the kernel.
-        penalty = tf.add_n([2.0 * l2 * tf.nn.l2_loss(kernel.value) for kernel, l2 in self.penalties]) if self.penalties else tf.constant(0.0)
+        penalty = penalty_value(self.penalties)
         # The output layer and the loss go chunk by chunk: each rating gathers a hidden vector and a
         # kernel column, and a batch of popular items holds hundreds of thousands of ratings, so
         # only one chunk's per-rating tensors exist at a time. Each chunk's gradient is summed
@@ -178,7 +172,7 @@ class SparseStepper:
         by_variable[id(output.kernel)] = d_kernel
         by_variable[id(output.bias)] = d_bias
         for kernel, l2 in self.penalties:
-            by_variable[id(kernel)] += (2.0 * l2) * kernel.value
+            by_variable[id(kernel)] += (2.0 * l2) * kernel.value  # the penalty's gradient
         self.optimizer.apply([by_variable[id(v)] for v in self.model.trainable_weights], self.model.trainable_weights)
         return data_loss + penalty
 

@@ -28,7 +28,7 @@ from deeprec.config import TrainConfig
 from deeprec.errors import DeeprecError
 from deeprec.losses import LOSSES
 from deeprec.matrix import RatingMatrix, SplitMatrices
-from deeprec.models import MODELS
+from deeprec.models import MODELS, l2_penalties, penalty_value
 from deeprec.optimizers import make_optimizer
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,8 @@ class _Stepper:
         self.cfg = cfg
         self.model = model
         self.optimizer = make_optimizer(cfg)
+        self.penalties = l2_penalties(model)
+        self.weight_index = {id(weight): at for at, weight in enumerate(model.trainable_weights)}
         fill = data.train.fill
         n_rows, n_cols = data.train.shape
         self.fill_constant = tf.constant(fill.constant, tf.float32)
@@ -163,12 +165,18 @@ class _Stepper:
         return tf.where(keep | (m == 0), x, fill)
 
     def _apply(self, inputs: tf.Tensor, loss_fn: Callable[[tf.Tensor], tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        weights = self.model.trainable_weights
         with tf.GradientTape() as tape:
             predictions = self.model(inputs, training=True)
             data_loss = loss_fn(predictions)
-            loss = data_loss + tf.add_n([tf.cast(v, tf.float32) for v in self.model.losses]) if self.model.losses else data_loss
-        grads = tape.gradient(loss, self.model.trainable_weights)
-        self.optimizer.apply(grads, self.model.trainable_weights)
+        grads = tape.gradient(data_loss, weights)
+        # The L2 penalties and their gradients, 2·λ·W, by hand (see models.l2_penalties); both
+        # read the weights before the update.
+        loss = data_loss + penalty_value(self.penalties)
+        for kernel, l2 in self.penalties:
+            at = self.weight_index[id(kernel)]
+            grads[at] = grads[at] + (2.0 * l2) * kernel.value
+        self.optimizer.apply(grads, weights)
         return loss, tf.cast(predictions, tf.float32)
 
     def _step(self, x: tf.Tensor, y: tf.Tensor, m: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:

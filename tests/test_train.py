@@ -200,3 +200,25 @@ def test_large_models_keep_their_best_weights_on_disk(tiny_prepared, monkeypatch
     assert int(np.argmin(valid)) < len(valid) - 1  # it did train past its best epoch
     assert final["valid_rmse"] == pytest.approx(min(valid), rel=1e-5)
     assert folders and not any(os.path.exists(folder) for folder in folders)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_step_adds_kerass_l2_penalty_and_its_gradient(tiny_prepared, tied: bool) -> None:
+    """The training step adds the L2 penalties by hand (models.l2_penalties); one SGD step must move
+    every weight as differentiating Keras's own `model.losses` would, and report the same loss."""
+    from deeprec.losses import LOSSES
+    from deeprec.train import _Stepper, build_model
+
+    data = tiny_prepared[("user", "zero", "none")].data
+    cfg = TrainConfig(orientation="user", arch="6" if tied else "6,4,6", tied=tied, dropout=0.0, l2=0.05, l2_decoder=None if tied else 0.2, optimizer="sgd", lr=0.5, batch_size=8, seed=3).validate()
+    model = build_model(cfg, data)
+    x, y, m = (tf.constant(a[:8]) for a in data.train.dense_arrays)
+    with tf.GradientTape() as tape:
+        expected_loss = LOSSES[cfg.loss](y, model(x, training=True), m) + tf.add_n(model.losses)
+    expected_grads = tape.gradient(expected_loss, model.trainable_weights)
+    before = [w.numpy() for w in model.trainable_weights]
+    assert float(tf.add_n(model.losses)) > 0.01  # the penalty is not negligible here
+    loss = tf.function(_Stepper(cfg, model, data)._step)(x, y, m, tf.range(8))  # compiled, as it trains
+    assert float(loss) == pytest.approx(float(expected_loss), rel=1e-5)
+    for weight, start, grad in zip(model.trainable_weights, before, expected_grads):
+        np.testing.assert_allclose(weight.numpy(), start - 0.5 * grad.numpy(), rtol=1e-4, atol=1e-6)
