@@ -5,10 +5,12 @@ A dense batch costs rows x columns x hidden multiply-adds in the first and the l
 only the observed entries carry information: with a zero fill the input is sparse, and the masked
 loss needs the output only where a rating was observed. This path computes exactly those:
 
-- first layer: a sparse x dense product of the batch's observed ratings with the kernel;
+- first layer: a sparse x dense product of the batch's observed ratings with the kernel
+  (TensorFlow's CSR kernels, which differentiate to another CSR product);
 - middle layers: the model's own Keras layers (dropout included), unchanged;
 - output layer: for each observed (row, column), the dot product of the row's last hidden vector
-  with that column of the output kernel.
+  with that column of the output kernel; its gradients are two CSR products with the sparse
+  matrix of the loss's gradient at those entries.
 
 The loss (masked MSE per rating), the L2 penalties (the models' kernel regularizers, with their
 gradient 2·λ·W added by hand) and hence the gradients are the dense path's; only the random draws
@@ -31,7 +33,7 @@ from deeprec.models import l2_penalties, penalty_value
 
 
 # Per-rating tensors are (ratings x hidden) floats: 2^15 ratings x 500 units = 66 MB each, and a
-# step or an evaluation block holds several at once (the gathers, their product, their gradients).
+# step's chunk or an evaluation block holds several at once (the two gathers and their product).
 EVAL_BLOCK_RATINGS = 1 << 14  # smaller: evaluation also holds a transposed copy of the output kernel
 STEP_CHUNK_RATINGS = 1 << 15  # ratings whose output is computed at once in a training step
 
@@ -107,9 +109,30 @@ class SparseModel:
     def at(self, hidden: tf.Tensor, positions: tf.Tensor, columns: tf.Tensor, kernel_t: tf.Tensor | None = None) -> tf.Tensor:
         """Predictions at (row position, column) pairs only. `kernel_t` is the output kernel
         transposed, when the caller already has it (it is a full copy of the kernel)."""
-        kernel_rows = tf.gather(tf.transpose(self.output.kernel) if kernel_t is None else kernel_t, columns)
-        raw = tf.reduce_sum(tf.gather(hidden, positions) * kernel_rows, axis=1) + tf.gather(self.output.bias, columns)
-        return self.output.activation(raw)
+        kernel_t = tf.transpose(self.output.kernel) if kernel_t is None else kernel_t
+        return self.output.activation(self.products(hidden, positions, columns, kernel_t) + tf.gather(self.output.bias, columns))
+
+    @staticmethod
+    def products(hidden: tf.Tensor, positions: tf.Tensor, columns: tf.Tensor, kernel_t: tf.Tensor, chunk: int | None = None) -> tf.Tensor:
+        """h·w at each (row position, column): the output layer before its bias and activation.
+
+        Each rating gathers a hidden vector and a kernel column; with `chunk`, that many ratings at
+        a time, as a training batch of popular items holds hundreds of thousands of ratings."""
+
+        def dots(p: tf.Tensor, c: tf.Tensor) -> tf.Tensor:
+            return tf.reduce_sum(tf.gather(hidden, p) * tf.gather(kernel_t, c), axis=1)
+
+        if chunk is None:
+            return dots(positions, columns)
+        n_ratings = tf.size(positions)
+
+        def body(start: tf.Tensor, parts: tf.TensorArray) -> tuple[tf.Tensor, tf.TensorArray]:
+            stop = tf.minimum(start + chunk, n_ratings)
+            return stop, parts.write(parts.size(), dots(positions[start:stop], columns[start:stop]))
+
+        empty = tf.TensorArray(tf.float32, size=1, dynamic_size=True, infer_shape=False, element_shape=[None]).write(0, tf.zeros([0]))
+        _, parts = tf.while_loop(lambda start, _: start < n_ratings, body, [tf.constant(0), empty])
+        return parts.concat()
 
 
 class SparseStepper:
@@ -139,46 +162,31 @@ class SparseStepper:
         positions, columns, values = self.rows.take(rows)
         output = self.sparse.output
         lower = [v for v in self.model.trainable_weights if v is not output.kernel and v is not output.bias]
+        n_rows = tf.cast(tf.shape(rows)[0], tf.int64)
         with tf.GradientTape() as tape:
-            hidden = self.sparse.hidden(positions, columns, self._corrupt(values), tf.cast(tf.shape(rows)[0], tf.int64), training=True)
+            hidden = self.sparse.hidden(positions, columns, self._corrupt(values), n_rows, training=True)
         penalty = penalty_value(self.penalties)
-        # The output layer and the loss go chunk by chunk: each rating gathers a hidden vector and a
-        # kernel column, and a batch of popular items holds hundreds of thousands of ratings, so
-        # only one chunk's per-rating tensors exist at a time. Each chunk's gradient is summed
-        # into the hidden layer's, which then flows through the lower layers once.
-        n_ratings = tf.size(values)
-        total = tf.cast(tf.maximum(n_ratings, 1), tf.float32)
-        chunk = self.chunk_ratings
-        kernel_t = tf.transpose(output.kernel)  # once per step, not per chunk
-
-        def body(start, loss, d_hidden, d_kernel_t, d_bias):
-            stop = tf.minimum(start + chunk, n_ratings)
-            p, c, v = positions[start:stop], columns[start:stop], values[start:stop]
-            with tf.GradientTape() as inner:
-                inner.watch([hidden, kernel_t])
-                part = tf.reduce_sum(tf.square(v - self.sparse.at(hidden, p, c, kernel_t))) / total
-            g_hidden, g_kernel_t, g_bias = inner.gradient(part, [hidden, kernel_t, output.bias])
-            # Gathered kernels give IndexedSlices (one row per rating). They are scattered into
-            # the dense accumulators, so the update stays the dense path's (Keras's optimizers
-            # would otherwise update only the touched rows' moments); a scatter costs the chunk's
-            # size, where densifying each chunk's slices first would allocate and zero a whole
-            # kernel-sized tensor per chunk.
-            d_kernel_t = tf.tensor_scatter_nd_add(d_kernel_t, g_kernel_t.indices[:, None], g_kernel_t.values)
-            d_bias = tf.tensor_scatter_nd_add(d_bias, g_bias.indices[:, None], g_bias.values)
-            return stop, loss + part, d_hidden + g_hidden, d_kernel_t, d_bias
-
-        _, data_loss, d_hidden, d_kernel_t, d_bias = tf.while_loop(
-            lambda start, *_: start < n_ratings,
-            body,
-            [tf.constant(0), tf.constant(0.0), tf.zeros_like(hidden), tf.zeros_like(kernel_t), tf.zeros_like(output.bias)],
+        kernel_t = tf.transpose(output.kernel)  # once per step: each rating gathers a column
+        raw = self.sparse.products(hidden, positions, columns, kernel_t, chunk=self.chunk_ratings)
+        with tf.GradientTape() as inner:
+            inner.watch(raw)
+            predictions = output.activation(raw + tf.gather(output.bias, columns))
+            data_loss = tf.reduce_sum(tf.square(values - predictions)) / tf.cast(tf.maximum(tf.size(values), 1), tf.float32)
+        d_raw, d_bias = inner.gradient(data_loss, [raw, output.bias])
+        # The loss's gradient at the observed entries is a sparse (rows x columns) matrix E, so
+        # the output layer's gradients are two CSR products, dH = E·Wᵀ and dW = Hᵀ·E: no copy of
+        # a hidden vector or a kernel column per rating, and no scatter of them into W's shape.
+        errors = tf.raw_ops.SparseTensorToCSRSparseMatrix(
+            indices=tf.stack([positions, columns], axis=1), values=d_raw, dense_shape=tf.stack([n_rows, tf.cast(tf.shape(kernel_t)[0], tf.int64)])
         )
-        d_kernel = tf.transpose(d_kernel_t)
-        # One backward pass from the hidden layer with the chunks' summed gradient; the output
-        # layer has its data gradient from the chunks, and every kernel its penalty's.
+        d_hidden = tf.raw_ops.SparseMatrixMatMul(a=errors, b=kernel_t)
+        d_kernel = tf.raw_ops.SparseMatrixMatMul(a=errors, b=hidden, transpose_a=True, transpose_output=True)
+        # One backward pass from the hidden layer; every kernel also gets its penalty's gradient.
+        # All gradients are dense, so the optimizer's update is the dense path's.
         grads = tape.gradient(hidden, lower, output_gradients=d_hidden)
         by_variable = {id(v): tf.zeros(v.shape) if g is None else tf.convert_to_tensor(g) for v, g in zip(lower, grads)}
         by_variable[id(output.kernel)] = d_kernel
-        by_variable[id(output.bias)] = d_bias
+        by_variable[id(output.bias)] = tf.convert_to_tensor(d_bias)
         for kernel, l2 in self.penalties:
             by_variable[id(kernel)] += (2.0 * l2) * kernel.value  # the penalty's gradient
         self.optimizer.apply([by_variable[id(v)] for v in self.model.trainable_weights], self.model.trainable_weights)

@@ -66,16 +66,22 @@ def test_loss_and_gradients_match_the_dense_computation(ratings: Ratings, orient
 
 
 @pytest.mark.parametrize(
-    ("orientation", "chunk", "arch", "l2"),
-    [("user", 1 << 17, "6", 1e-4), ("item", 1 << 17, "6", 1e-4), ("item", 7, "6", 1e-4), ("user", 5, "6,4,6", 0.05)],
+    ("orientation", "chunk", "arch", "l2", "last_activation"),
+    [
+        ("user", 1 << 17, "6", 1e-4, "identity"),
+        ("item", 1 << 17, "6", 1e-4, "identity"),
+        ("item", 7, "6", 1e-4, "elu"),
+        ("user", 5, "6,4,6", 0.05, "selu"),
+    ],
 )
 def test_fit_on_sparse_rows_follows_the_dense_training_curve(
-    ratings: Ratings, orientation: str, chunk: int, arch: str, l2: float, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    ratings: Ratings, orientation: str, chunk: int, arch: str, l2: float, last_activation: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # chunk 7 or 5: every batch's output in many chunks; l2 0.05: the penalty's gradient (added
-    # by hand on the sparse path) weighs in every layer's update
+    # by hand on the sparse path) weighs in every layer's update; elu and selu outputs: the
+    # output layer's gradient goes through its activation before the CSR products
     monkeypatch.setattr(sparse, "STEP_CHUNK_RATINGS", chunk)
-    cfg = TrainConfig(orientation=orientation, arch=arch, l2=l2, epochs=4, batch_size=8, patience=0, lr=0.01).validate()
+    cfg = TrainConfig(orientation=orientation, arch=arch, l2=l2, last_activation=last_activation, epochs=4, batch_size=8, patience=0, lr=0.01).validate()
     split = holdout_split(ratings.users)
     cached = TrainingData(build_matrices(ratings, split, orientation, "zero", dense_cache=True), ratings.scale)
     with caplog.at_level("INFO", logger="deeprec.train"):
