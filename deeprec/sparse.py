@@ -34,8 +34,11 @@ from deeprec.models import l2_penalties, penalty_value
 
 # Per-rating tensors are (ratings x hidden) floats: 2^15 ratings x 500 units = 66 MB each, and a
 # step's chunk or an evaluation block holds several at once (the two gathers and their product).
-EVAL_BLOCK_RATINGS = 1 << 14  # smaller: evaluation also holds a transposed copy of the output kernel
+EVAL_CHUNK_RATINGS = 1 << 14  # smaller: evaluation also holds a transposed copy of the output kernel
 STEP_CHUNK_RATINGS = 1 << 15  # ratings whose output is computed at once in a training step
+# Ratings per evaluation block (its rows' flat indices and values): large, since a block's Python
+# round trip costs more than its per-rating work is worth below about a million ratings.
+EVAL_BLOCK_RATINGS = 1 << 21
 
 
 def _blocks(per_row: np.ndarray, max_rows: int, max_ratings: int) -> list[tuple[int, int]]:
@@ -83,6 +86,36 @@ class RaggedRows:
         return values.value_rowids(), tf.gather(self.columns, rows).flat_values, values.flat_values
 
 
+def csr_product(positions: tf.Tensor, columns: tf.Tensor, values: tf.Tensor, shape: tf.Tensor, dense: tf.Tensor, transpose: bool = False) -> tf.Tensor:
+    """A·dense (or Aᵀ·dense) for the sparse matrix A with `values` at (positions, columns), given
+    in row-major order, of `shape` (int64 [rows, columns]).
+
+    TensorFlow's CSR kernels (tf.linalg's CSRSparseMatrix ops) multiplied 6x faster than
+    `sparse_dense_matmul` here. Aᵀ is transposed as a CSR matrix (O(ratings)) before a plain
+    product: the kernel's own transposed product kept per-thread copies of its output, which at
+    ML-20M's shape is 277 MB each.
+    """
+    matrix = tf.raw_ops.SparseTensorToCSRSparseMatrix(indices=tf.stack([positions, columns], axis=1), values=values, dense_shape=shape)
+    if transpose:
+        matrix = tf.raw_ops.SparseMatrixTranspose(input=matrix, type=tf.float32)
+    return tf.raw_ops.SparseMatrixMatMul(a=matrix, b=dense)
+
+
+def _first_layer_product(positions: tf.Tensor, columns: tf.Tensor, values: tf.Tensor, shape: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    """X·W for the batch's sparse input X, differentiable in W only (dW = Xᵀ·upstream); the
+    gradient TensorFlow registers would also differentiate the sparse values (unused here) and
+    use the transposed product."""
+
+    @tf.custom_gradient
+    def product(weights: tf.Tensor):
+        def gradient(upstream: tf.Tensor) -> tf.Tensor:
+            return csr_product(positions, columns, values, shape, upstream, transpose=True)
+
+        return csr_product(positions, columns, values, shape, weights), gradient
+
+    return product(kernel)
+
+
 class SparseModel:
     """The sparse forward pass of an autoencoder built by `models.build_autoencoder`."""
 
@@ -94,23 +127,18 @@ class SparseModel:
 
     def hidden(self, positions: tf.Tensor, columns: tf.Tensor, values: tf.Tensor, n_rows: tf.Tensor, training: bool) -> tf.Tensor:
         """The last hidden layer's output for `n_rows` rows given their observed inputs."""
-        # TensorFlow's CSR kernels (tf.linalg's CSRSparseMatrix ops, whose gradient TensorFlow
-        # registers) multiplied 6x faster than sparse_dense_matmul on this CPU, and their kernel
-        # gradient 2.4x faster (3,142 rows of ML-10M's shape; bench numbers in the README). The
-        # entries arrive in row-major order, as the conversion needs: CSR rows, columns sorted.
-        inputs = tf.raw_ops.SparseTensorToCSRSparseMatrix(
-            indices=tf.stack([positions, columns], axis=1), values=values, dense_shape=tf.stack([n_rows, tf.cast(tf.shape(self.first.kernel)[0], tf.int64)])
-        )
-        x = self.first.activation(tf.raw_ops.SparseMatrixMatMul(a=inputs, b=self.first.kernel.value) + self.first.bias)
+        shape = tf.stack([n_rows, tf.cast(tf.shape(self.first.kernel)[0], tf.int64)])
+        x = self.first.activation(_first_layer_product(positions, columns, values, shape, tf.convert_to_tensor(self.first.kernel.value)) + self.first.bias)
         for layer in self.middle:
             x = layer(x, training=training)
         return x
 
-    def at(self, hidden: tf.Tensor, positions: tf.Tensor, columns: tf.Tensor, kernel_t: tf.Tensor | None = None) -> tf.Tensor:
+    def at(self, hidden: tf.Tensor, positions: tf.Tensor, columns: tf.Tensor, kernel_t: tf.Tensor | None = None, chunk: int | None = None) -> tf.Tensor:
         """Predictions at (row position, column) pairs only. `kernel_t` is the output kernel
-        transposed, when the caller already has it (it is a full copy of the kernel)."""
+        transposed, when the caller already has it (it is a full copy of the kernel); `chunk`, see
+        `products`."""
         kernel_t = tf.transpose(self.output.kernel) if kernel_t is None else kernel_t
-        return self.output.activation(self.products(hidden, positions, columns, kernel_t) + tf.gather(self.output.bias, columns))
+        return self.output.activation(self.products(hidden, positions, columns, kernel_t, chunk) + tf.gather(self.output.bias, columns))
 
     @staticmethod
     def products(hidden: tf.Tensor, positions: tf.Tensor, columns: tf.Tensor, kernel_t: tf.Tensor, chunk: int | None = None) -> tf.Tensor:
@@ -176,11 +204,9 @@ class SparseStepper:
         # The loss's gradient at the observed entries is a sparse (rows x columns) matrix E, so
         # the output layer's gradients are two CSR products, dH = E·Wᵀ and dW = Hᵀ·E: no copy of
         # a hidden vector or a kernel column per rating, and no scatter of them into W's shape.
-        errors = tf.raw_ops.SparseTensorToCSRSparseMatrix(
-            indices=tf.stack([positions, columns], axis=1), values=d_raw, dense_shape=tf.stack([n_rows, tf.cast(tf.shape(kernel_t)[0], tf.int64)])
-        )
-        d_hidden = tf.raw_ops.SparseMatrixMatMul(a=errors, b=kernel_t)
-        d_kernel = tf.raw_ops.SparseMatrixMatMul(a=errors, b=hidden, transpose_a=True, transpose_output=True)
+        shape = tf.stack([n_rows, tf.cast(tf.shape(kernel_t)[0], tf.int64)])
+        d_hidden = csr_product(positions, columns, d_raw, shape, kernel_t)
+        d_kernel = tf.transpose(csr_product(positions, columns, d_raw, shape, hidden, transpose=True))
         # One backward pass from the hidden layer; every kernel also gets its penalty's gradient.
         # All gradients are dense, so the optimizer's update is the dense path's.
         grads = tape.gradient(hidden, lower, output_gradients=d_hidden)
@@ -210,8 +236,8 @@ class SparseEvaluator:
         self.inputs = train
         self.targets = {name: train if csr is train.csr else RaggedRows(csr) for name, csr in targets_by_name.items()}
         self.scale = scale
-        # Each rating of a block gathers a hidden vector and a kernel column: bound the ratings per
-        # block, not only the rows (an item-major block of popular items holds millions).
+        # Each rating gathers a hidden vector and a kernel column, EVAL_CHUNK_RATINGS at a time; a
+        # block's ratings are bounded too (an item-major block of popular items holds millions).
         per_row = sum(np.diff(csr.indptr) for csr in targets_by_name.values()) if targets_by_name else np.zeros(train.csr.shape[0], np.int64)
         self.blocks = _blocks(np.asarray(per_row), block_rows, block_ratings)
         # One trace for every block: blocks hold different numbers of rows.
@@ -226,7 +252,7 @@ class SparseEvaluator:
         self, hidden: tf.Tensor, rows: tf.Tensor, values: tf.RaggedTensor, columns: tf.RaggedTensor, kernel_t: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor]:
         wanted = tf.gather(values, rows)
-        predictions = self.sparse.at(hidden, wanted.value_rowids(), tf.gather(columns, rows).flat_values, kernel_t)
+        predictions = self.sparse.at(hidden, wanted.value_rowids(), tf.gather(columns, rows).flat_values, kernel_t, chunk=EVAL_CHUNK_RATINGS)
         errors = tf.clip_by_value(predictions, *self.scale) - wanted.flat_values
         return tf.reduce_sum(tf.square(errors)), tf.cast(tf.size(errors), tf.float32)
 
