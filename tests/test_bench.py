@@ -85,3 +85,23 @@ def test_speed_rejects_an_unknown_dataset(tiny_ml1m: Path, capsys: pytest.Captur
 def test_scale_rejects_an_unknown_shape(capsys: pytest.CaptureFixture) -> None:
     assert scale.main(["--shapes", "ml-5m"]) == 2
     assert "ml-5m" in capsys.readouterr().err
+
+
+def test_kernel_work_times_each_shape(capsys: pytest.CaptureFixture) -> None:
+    import kernel_work
+
+    assert kernel_work.main(["--shapes", "ml-100k,ml-1m", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("ml-")]
+    assert [line.split(":")[0] for line in lines] == ["ml-100k", "ml-1m"]
+    assert "1682 items" in lines[0] and "4 steps" in lines[0]  # 943 users / 256, rounded up
+    milliseconds = [float(line.split(": ")[2].split(" ms")[0]) for line in lines]
+    assert all(ms > 0 for ms in milliseconds)
+    assert out.strip().splitlines()[-1].startswith("summary: whole-kernel work ml-100k")
+
+
+def test_kernel_work_rejects_an_unknown_shape(capsys: pytest.CaptureFixture) -> None:
+    import kernel_work
+
+    assert kernel_work.main(["--shapes", "ml-5m"]) == 2
+    assert "ml-5m" in capsys.readouterr().err
