@@ -214,7 +214,10 @@ def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: i
                 except DeeprecError as exc:
                     log.error("%s seed %d failed: %s", job.row, job.seed_index, exc)
                     failed.append(job.row)
-        except KeyboardInterrupt:
+        except BaseException:
+            # Ctrl-C, SIGTERM, or a row's unexpected error (not a DeeprecError): stop the other
+            # workers too. Left running, they kept the sweep from exiting, since the interpreter
+            # waits for the pool's jobs at exit.
             _interrupt(pool, stop)
             raise
         pool.shutdown()
@@ -231,7 +234,7 @@ def _interrupt(pool: ProcessPoolExecutor, stop: Event) -> None:
     for process in list((getattr(pool, "_processes", None) or {}).values()):
         if process.is_alive():
             os.kill(process.pid, signal.SIGTERM)
-    log.info("sweep interrupted: waiting for the workers to mark their runs KILLED")
+    log.info("sweep stopped: waiting for the workers to mark their runs KILLED")
     pool.shutdown(wait=True, cancel_futures=True)
 
 

@@ -90,6 +90,22 @@ def _log_record(record: dict) -> None:
     log_epoch({k: v for k, v in record.items() if k != "epoch"}, record["epoch"])
 
 
+def log_training_input(dataset: mlflow.data.dataset.Dataset) -> None:
+    """`mlflow.log_input(dataset, context="training")`, tried once more when a parallel run
+    inserted the same dataset first. MLflow's SQL store looks the dataset up and then inserts it,
+    so two sweep workers starting together can both insert it; the second then fails on the
+    store's unique key (IntegrityError) and, tried again, finds the first one's row."""
+    import sqlalchemy.exc
+
+    try:
+        mlflow.log_input(dataset, context="training")
+    except mlflow.exceptions.MlflowException as exc:
+        if not isinstance(exc.__cause__, sqlalchemy.exc.IntegrityError):
+            raise
+        log.info("dataset %s was logged by a parallel run at the same time; linking to it", dataset.name)
+        mlflow.log_input(dataset, context="training")
+
+
 def log_history(history: list[dict]) -> None:
     for name, fig in curve_figures(history).items():
         mlflow.log_figure(fig, f"curves/{name}.png")
@@ -203,7 +219,7 @@ def train_tracked(
     with mlflow.start_run(run_name=run_name, nested=nested, parent_run_id=parent_run_id) as run:
         log_config(cfg)
         mlflow.set_tags(run_tags(cfg, prepared.dataset, tags))
-        mlflow.log_input(dataset_input(prepared), context="training")
+        log_training_input(dataset_input(prepared))
         history: list[dict] = []
 
         def on_epoch(record: dict) -> None:

@@ -114,3 +114,31 @@ def test_cli_recommend_prints_titles(workspace: Path, capsys: pytest.CaptureFixt
     assert all("Movie " in line for line in lines)  # titles from the generated movies.dat
     assert main(["recommend", "--run-id", run_id, "--user", "99999"]) == 2
     assert "unknown user" in capsys.readouterr().err
+
+
+def test_a_dataset_inserted_by_a_parallel_run_is_linked_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two sweep workers logging the same new dataset at once: MLflow's SQL store raises for the
+    second insert (its unique key); the run tries once more and links the row the first one made."""
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    calls = []
+
+    def racing_log_input(dataset, context):
+        calls.append(context)
+        if len(calls) == 1:
+            try:
+                raise sqlalchemy.exc.IntegrityError("INSERT INTO datasets", {}, Exception("UNIQUE constraint failed: datasets.experiment_id, datasets.name, datasets.digest"))
+            except sqlalchemy.exc.IntegrityError as cause:
+                raise MlflowException("UNIQUE constraint failed") from cause
+
+    monkeypatch.setattr(mlflow, "log_input", racing_log_input)
+    tracking.log_training_input(mlflow.data.from_numpy(np.zeros(3), name="tiny"))
+    assert calls == ["training", "training"]
+
+    def failing_log_input(dataset, context):
+        raise MlflowException("the store is read-only")
+
+    monkeypatch.setattr(mlflow, "log_input", failing_log_input)
+    with pytest.raises(MlflowException, match="read-only"):
+        tracking.log_training_input(mlflow.data.from_numpy(np.zeros(3), name="tiny"))

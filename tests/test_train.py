@@ -222,3 +222,21 @@ def test_the_step_adds_kerass_l2_penalty_and_its_gradient(tiny_prepared, tied: b
     assert float(loss) == pytest.approx(float(expected_loss), rel=1e-5)
     for weight, start, grad in zip(model.trainable_weights, before, expected_grads):
         np.testing.assert_allclose(weight.numpy(), start - 0.5 * grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("side", ["none", "user"])
+def test_the_cached_evaluation_equals_the_numpy_one(tiny_prepared, side: str) -> None:
+    from deeprec.sparse import RaggedRows
+    from deeprec.train import _Stepper, build_model
+
+    data = tiny_prepared[("user", "3", side)].data
+    cfg = TrainConfig(orientation="user", arch="6", fill="3", side_info=side).validate()
+    model = build_model(cfg, data)
+    targets = {"train_rmse": data.train.values, "valid_rmse": data.matrices.valid}
+    expected = observed_errors(lambda r: predict_rows(model, data, r), targets, data.train.shape[0], data.scale)
+    stepper = _Stepper(cfg, model, data)
+    got = stepper.cached_errors({name: RaggedRows(csr) for name, csr in targets.items()}, data.scale)
+    assert set(got) == set(expected)
+    for name in expected:
+        assert got[name] == pytest.approx(expected[name], rel=1e-6)
+        assert 0.1 < got[name] < 4.0
