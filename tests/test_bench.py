@@ -105,3 +105,19 @@ def test_kernel_work_rejects_an_unknown_shape(capsys: pytest.CaptureFixture) -> 
 
     assert kernel_work.main(["--shapes", "ml-5m"]) == 2
     assert "ml-5m" in capsys.readouterr().err
+
+
+def test_sparse_step_times_a_step_and_an_evaluation(capsys: pytest.CaptureFixture) -> None:
+    import sparse_step
+
+    assert sparse_step.main(["--shape", "ml-100k", "--orientation", "item", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "ml-100k item:" in out and "x 7 steps" in out  # 1,682 items / 256, rounded up
+    assert out.strip().splitlines()[-1].startswith("summary: ml-100k item-AutoRec sparse step")
+
+
+def test_sparse_step_rejects_an_unknown_orientation(capsys: pytest.CaptureFixture) -> None:
+    import sparse_step
+
+    assert sparse_step.main(["--orientation", "diagonal"]) == 2
+    assert "--orientation" in capsys.readouterr().err
