@@ -240,3 +240,16 @@ def test_the_cached_evaluation_equals_the_numpy_one(tiny_prepared, side: str) ->
     for name in expected:
         assert got[name] == pytest.approx(expected[name], rel=1e-6)
         assert 0.1 < got[name] < 4.0
+
+
+def test_bfloat16_training_follows_float32(tiny_prepared) -> None:
+    """Mixed bfloat16 (float32 weights and Adam state, bfloat16 compute) learns like float32."""
+    data = tiny_prepared[("user", "zero", "none")].data
+    histories = {}
+    for precision in ("float32", "bfloat16"):
+        cfg = TrainConfig(orientation="user", arch="8", precision=precision, lr=0.01, epochs=15, batch_size=8, patience=0).validate()
+        model, histories[precision] = fit(cfg, data)
+        assert all(w.dtype == "float32" for w in model.trainable_weights)
+    ours, reference = histories["bfloat16"], histories["float32"]
+    assert ours[-1]["train_rmse"] < 0.9 * ours[0]["train_rmse"]  # it learns
+    assert ours[-1]["train_rmse"] == pytest.approx(reference[-1]["train_rmse"], rel=0.05)
