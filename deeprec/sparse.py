@@ -22,6 +22,7 @@ re-feeding, no side information, untied float32 models (`supports`); anything el
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -114,6 +115,18 @@ def _first_layer_product(positions: tf.Tensor, columns: tf.Tensor, values: tf.Te
         return csr_product(positions, columns, values, shape, weights), gradient
 
     return product(kernel)
+
+
+def observed_squared_errors(
+    predict_at: Callable[[tf.Tensor, tf.Tensor], tf.Tensor], rows: tf.Tensor, values: tf.RaggedTensor, columns: tf.RaggedTensor, scale: tuple[float, float]
+) -> tf.Tensor:
+    """[sum of squared errors, count], float64, of the clipped predictions at the observed entries
+    of `rows` of a ragged CSR matrix; `predict_at(positions, columns)` gives the predictions at
+    (position in `rows`, column) pairs. Shared by the sparse and the cached dense evaluation."""
+    wanted = tf.gather(values, rows)
+    predictions = predict_at(wanted.value_rowids(), tf.gather(columns, rows).flat_values)
+    errors = tf.cast(tf.clip_by_value(predictions, scale[0], scale[1]) - wanted.flat_values, tf.float64)
+    return tf.stack([tf.reduce_sum(tf.square(errors)), tf.cast(tf.size(errors), tf.float64)])
 
 
 class SparseModel:
@@ -248,13 +261,10 @@ class SparseEvaluator:
         positions, columns, values = self.inputs.take(rows)
         return self.sparse.hidden(positions, columns, values, tf.cast(tf.shape(rows)[0], tf.int64), training=False)
 
-    def _squared_errors(
-        self, hidden: tf.Tensor, rows: tf.Tensor, values: tf.RaggedTensor, columns: tf.RaggedTensor, kernel_t: tf.Tensor
-    ) -> tuple[tf.Tensor, tf.Tensor]:
-        wanted = tf.gather(values, rows)
-        predictions = self.sparse.at(hidden, wanted.value_rowids(), tf.gather(columns, rows).flat_values, kernel_t, chunk=EVAL_CHUNK_RATINGS)
-        errors = tf.clip_by_value(predictions, *self.scale) - wanted.flat_values
-        return tf.reduce_sum(tf.square(errors)), tf.cast(tf.size(errors), tf.float32)
+    def _squared_errors(self, hidden: tf.Tensor, rows: tf.Tensor, values: tf.RaggedTensor, columns: tf.RaggedTensor, kernel_t: tf.Tensor) -> tf.Tensor:
+        return observed_squared_errors(
+            lambda positions, cols: self.sparse.at(hidden, positions, cols, kernel_t, chunk=EVAL_CHUNK_RATINGS), rows, values, columns, self.scale
+        )
 
     def __call__(self, n_rows: int) -> dict[str, float]:
         targets = self.targets
@@ -264,7 +274,7 @@ class SparseEvaluator:
             rows = tf.range(start, min(stop, n_rows), dtype=tf.int64)
             hidden = self.hidden(rows)
             for name, target in targets.items():
-                squared, count = self.squared_errors(hidden, rows, target.values, target.columns, kernel_t)
+                squared, count = self.squared_errors(hidden, rows, target.values, target.columns, kernel_t).numpy()
                 totals[name][0] += float(squared)
                 totals[name][1] += float(count)
         return {name: math.sqrt(total / count) if count else float("nan") for name, (total, count) in totals.items()}

@@ -142,13 +142,11 @@ class _Stepper:
     def _block_errors(self, rows: tf.Tensor, inputs: tf.Tensor, ragged: list, scale: tf.Tensor) -> tf.Tensor:
         """(sum of squared errors, count) per target for one block of rows, in float64."""
         predictions = tf.cast(self.model(self._with_side(tf.gather(inputs, rows), rows), training=False), tf.float32)
-        sums = []
-        for values, columns in ragged:
-            wanted = tf.gather(values, rows)
-            at = tf.stack([wanted.value_rowids(), tf.gather(columns, rows).flat_values], axis=1)
-            errors = tf.cast(tf.clip_by_value(tf.gather_nd(predictions, at), scale[0], scale[1]) - wanted.flat_values, tf.float64)
-            sums.append(tf.stack([tf.reduce_sum(tf.square(errors)), tf.cast(tf.size(errors), tf.float64)]))
-        return tf.stack(sums)
+
+        def predict_at(positions: tf.Tensor, columns: tf.Tensor) -> tf.Tensor:
+            return tf.gather_nd(predictions, tf.stack([positions, columns], axis=1))
+
+        return tf.stack([sparse.observed_squared_errors(predict_at, rows, values, columns, (scale[0], scale[1])) for values, columns in ragged])
 
     def _epoch_rows(self, order: tf.Tensor, inputs: tf.Tensor, targets: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
         batch, n_rows = self.cfg.batch_size, tf.size(order)
@@ -310,6 +308,7 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
     # Data too large for the dense cache trains on its CSR rows when the config allows (see sparse.py):
     # time then grows with the ratings, not with users x items.
     use_sparse = data.train.dense_arrays is None and sparse.supports(cfg, data.train.fill_name, data.side is not None)
+    cached = data.train.dense_arrays is not None  # the dense cache: one compiled call per epoch
     if use_sparse:
         log.info("training on sparse rows: %d x %d, %d ratings", *data.train.shape, data.train.nnz)
         train_rows = sparse.RaggedRows(data.train.values)
@@ -318,7 +317,7 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
     else:
         stepper = _Stepper(cfg, model, data)
         forward = compiled_forward(model, data.n_inputs)
-        cached_targets = {name: sparse.RaggedRows(csr) for name, csr in targets.items()} if data.train.dense_arrays is not None else {}
+        cached_targets = {name: sparse.RaggedRows(csr) for name, csr in targets.items()} if cached else {}
     rng = np.random.default_rng(cfg.seed)
     history: list[dict] = []
     best_weights = BestWeights(model)
@@ -326,10 +325,9 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
     for epoch in range(1, cfg.epochs + 1):
         tick = time.perf_counter()
         order = rng.permutation(n_rows)
-        if not use_sparse and data.train.dense_arrays is not None:
+        if cached:
             # One TensorFlow call per epoch: a Ctrl-C or SIGTERM (under `deeprec`'s handler) waits
-            # for it to return rather than landing inside TensorFlow's Python wrapper of the call,
-            # where one left a sweep worker hung (1 of 7 runs of the termination test).
+            # for it to return instead of landing inside TensorFlow's Python wrapper of the call.
             with interrupts.deferred():
                 train_loss = stepper.epoch_cached(order)
         else:
@@ -349,11 +347,10 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
         train_seconds = time.perf_counter() - tick
         if use_sparse:
             errors = sparse_errors(n_rows)
+        elif cached:
+            errors = stepper.cached_errors(cached_targets, data.scale)
         else:
-            if data.train.dense_arrays is not None:
-                errors = stepper.cached_errors(cached_targets, data.scale)
-            else:
-                errors = observed_errors(lambda r: predict_rows(model, data, r, forward), targets, n_rows, data.scale)
+            errors = observed_errors(lambda r: predict_rows(model, data, r, forward), targets, n_rows, data.scale)
         seconds = time.perf_counter() - tick
         record = {"epoch": epoch, "train_loss": train_loss, **errors, "seconds": seconds, "train_seconds": train_seconds}
         history.append(record)
