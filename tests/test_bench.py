@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from conftest import synthetic_ratings, write_ml1m
 from deeprec.config import TrainConfig
@@ -80,6 +81,15 @@ def test_speed_rejects_an_unknown_dataset(tiny_ml1m: Path, capsys: pytest.Captur
         speed.main(["--dataset", "ml-99m"])
     assert stop.value.code == 2
     assert "ml-99m" in capsys.readouterr().err
+
+
+def test_columns_per_epoch_counts_every_column_per_step_and_the_touched_ones() -> None:
+    dense = np.array([[1, 0, 0, 0, 0], [0, 2, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 0, 3, 0], [0, 0, 0, 0, 0]], np.float32)
+    csr = sp.csr_matrix(dense)
+    assert scale.columns_per_epoch(csr, batch_size=5) == (5, 3)  # one step; columns 0, 1 and 3 have ratings
+    assert scale.columns_per_epoch(csr, batch_size=1) == (25, 5)  # five steps; each row's own columns
+    updated, touched = scale.columns_per_epoch(csr, batch_size=2)
+    assert updated == 15 and 3 <= touched <= 5  # three steps; a shared column counts once per step
 
 
 def test_scale_rejects_an_unknown_shape(capsys: pytest.CaptureFixture) -> None:
