@@ -172,9 +172,11 @@ class SparseModel:
             return stop, parts.write(parts.size(), dots(positions[start:stop], columns[start:stop]))
 
         empty = tf.TensorArray(tf.float32, size=1, dynamic_size=True, infer_shape=False, element_shape=[None]).write(0, tf.zeros([0]))
-        # One chunk at a time: by default up to 10 iterations run at once, and each holds its two
-        # gathers (2 x chunk x hidden floats), which made the peak memory vary between runs by
-        # 1.5 GiB (I-AutoRec's evaluation at the ML-20M shape).
+        # One chunk at a time. With tf.while_loop's default of up to 10 iterations at once, the
+        # peak memory of I-AutoRec at the ML-20M shape varied between runs of the same epoch from
+        # 5.1 to 7.1 GiB, the extra reached in the evaluation after a training epoch (the
+        # allocator's growth; one chunk at a time in the evaluation alone did not help). One at a
+        # time everywhere: 4.8-5.3 GiB, for about 7% on I-AutoRec's step at the ML-10M shape.
         _, parts = tf.while_loop(lambda start, _: start < n_ratings, body, [tf.constant(0), empty], parallel_iterations=1)
         return parts.concat()
 
