@@ -306,7 +306,7 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
     has_valid = data.matrices.valid.nnz > 0
     targets = {"train_rmse": data.train.values, **({"valid_rmse": data.matrices.valid} if has_valid else {})}
     # Data too large for the dense cache trains on its CSR rows when the config allows (see sparse.py):
-    # time then grows with the ratings, not with users x items.
+    # the outer layers' work then grows with the ratings, not with users x items.
     use_sparse = data.train.dense_arrays is None and sparse.supports(cfg, data.train.fill_name, data.side is not None)
     cached = data.train.dense_arrays is not None  # the dense cache: one compiled call per epoch
     if use_sparse:
