@@ -16,8 +16,9 @@ The loss (masked MSE per rating), the L2 penalties (the models' kernel regulariz
 gradient 2·λ·W added by hand) and hence the gradients are the dense path's; only the random draws
 of input noise differ. The two outer layers' work grows with the number of ratings instead of
 users x items; the optimizer's update still covers every weight at every step, which is what
-grows faster than the ratings at ML-20M's shape (README, "Scale"). It applies to zero fill, no or dropout/mask input noise, no dense
-re-feeding, no side information, untied float32 models (`supports`); anything else trains densely.
+grows faster than the ratings at ML-20M's shape (README, "Scale"). It applies to zero fill, no or
+dropout/mask input noise, no dense re-feeding, no side information, untied float32 models
+(`supports`); anything else trains densely.
 """
 
 from __future__ import annotations
