@@ -140,3 +140,20 @@ def test_input_noise_trains_on_sparse_rows(ratings: Ratings) -> None:
         cfg = TrainConfig(orientation="item", arch="6", noise=noise, noise_level=0.3, epochs=3, batch_size=8, patience=0, lr=0.01).validate()
         _, history = fit(cfg, streamed(ratings, "item"))
         assert all(np.isfinite(h["train_loss"]) for h in history) and history[-1]["train_rmse"] < history[0]["train_rmse"]
+
+
+def test_take_rows_matches_the_ragged_gather_with_empty_and_skewed_rows() -> None:
+    # a long row among short ones (the mask tf.repeat would build is rows x longest), empty rows
+    # inside and at the ends, rows asked for out of order and twice
+    lengths = [0, 3, 0, 0, 40, 1, 0, 2, 0]
+    rng = np.random.default_rng(3)
+    values = tf.RaggedTensor.from_row_lengths(rng.uniform(1, 5, sum(lengths)).astype(np.float32), lengths)
+    columns = tf.RaggedTensor.from_row_lengths(rng.integers(0, 100, sum(lengths)), lengths)
+    for rows in ([4, 1, 7], [0, 2, 3], [8, 5, 4, 4, 0, 1], list(range(len(lengths))), []):
+        rows = tf.constant(rows, tf.int64)
+        positions, cols, vals = sparse.take_rows(values, columns, rows)
+        expected = tf.gather(values, rows)
+        np.testing.assert_array_equal(positions.numpy(), expected.value_rowids().numpy())
+        np.testing.assert_array_equal(cols.numpy(), tf.gather(columns, rows).flat_values.numpy())
+        np.testing.assert_array_equal(vals.numpy(), expected.flat_values.numpy())
+    assert positions.dtype == tf.int64 and positions.shape == (0,)
