@@ -87,13 +87,19 @@ def test_fit_on_sparse_rows_follows_the_dense_training_curve(
     with caplog.at_level("INFO", logger="deeprec.train"):
         _, dense_history = fit(cfg, cached)
     assert "sparse rows" not in caplog.text
+    data = streamed(ratings, orientation)
     with caplog.at_level("INFO", logger="deeprec.train"):
-        model, sparse_history = fit(cfg, streamed(ratings, orientation))
+        model, sparse_history = fit(cfg, data)
     assert "training on sparse rows" in caplog.text
     for dense, sparse_ in zip(dense_history, sparse_history):
         for key in ("train_loss", "train_rmse", "valid_rmse"):
             assert sparse_[key] == pytest.approx(dense[key], rel=1e-3), (key, dense["epoch"])
     assert sparse_history[-1]["train_rmse"] < sparse_history[0]["train_rmse"]  # it learns
+    # The returned model holds the best epoch's weights: evaluated densely, it gives that epoch's
+    # validation RMSE.
+    best = min(h["valid_rmse"] for h in sparse_history)
+    valid = {"valid_rmse": data.matrices.valid}
+    assert observed_errors(lambda r: predict_rows(model, data, r), valid, data.train.shape[0], data.scale)["valid_rmse"] == pytest.approx(best, rel=1e-5)
 
 
 def test_sparse_evaluation_equals_the_dense_one(ratings: Ratings) -> None:
