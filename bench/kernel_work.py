@@ -1,7 +1,7 @@
 """Milliseconds per training step of the work the sparse path does on whole kernels, at a scale
-shape's U-AutoRec 500 kernels: Adam's update and the L2 gradient of both kernels, the penalty's
-value, the output kernel's transpose and the dense gradient's. This is the part of a sparse step
-that grows with users x items instead of with the ratings (see the README's Scale section).
+shape's U-AutoRec 500 kernels: Adam's update and the L2 gradient of both kernels and the
+penalty's value (the output kernel in the step's transposed layout). This is the part of a sparse
+step that grows with users x items instead of with the ratings (see the README's Scale section).
 
     python bench/kernel_work.py [--shapes ml-10m,ml-20m] [--steps 20]
 
@@ -32,19 +32,17 @@ def step_milliseconds(n_items: int, steps: int) -> float:
     """Median milliseconds of the whole-kernel work of one U-AutoRec step with n_items columns."""
     rng = np.random.default_rng(0)
     first = tf.Variable(rng.normal(size=(n_items, HIDDEN)).astype(np.float32))
-    output = tf.Variable(rng.normal(size=(HIDDEN, n_items)).astype(np.float32))
+    output_t = tf.Variable(rng.normal(size=(n_items, HIDDEN)).astype(np.float32))  # the step's layout
     optimizer = FusedAdam(learning_rate=1e-3)
-    optimizer.build([first, output])
+    optimizer.build([first, output_t])
     first_grad = tf.constant(rng.normal(size=(n_items, HIDDEN)).astype(np.float32))
     output_grad_t = tf.constant(rng.normal(size=(n_items, HIDDEN)).astype(np.float32))
 
     @tf.function
     def work() -> tf.Tensor:
         # What deeprec.sparse.SparseStepper._step does on whole kernels, in the same order.
-        penalty = 2.0 * L2 * (tf.nn.l2_loss(first) + tf.nn.l2_loss(output))
-        output_t = tf.transpose(output)
-        output_grad = tf.transpose(output_grad_t + 0.0 * output_t[:1])  # uses the transpose, as the step's gathers do
-        optimizer.apply([first_grad + 2.0 * L2 * first, output_grad + 2.0 * L2 * output], [first, output])
+        penalty = 2.0 * L2 * (tf.nn.l2_loss(first) + tf.nn.l2_loss(output_t))
+        optimizer.apply([first_grad + 2.0 * L2 * first, output_grad_t + 2.0 * L2 * output_t], [first, output_t])
         return penalty
 
     work()  # trace

@@ -312,7 +312,7 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
     if use_sparse:
         log.info("training on sparse rows: %d x %d, %d ratings", *data.train.shape, data.train.nnz)
         train_rows = sparse.RaggedRows(data.train.values)
-        sparse_step = sparse.SparseStepper(cfg, model, train_rows, make_optimizer(cfg)).step
+        sparse_stepper = sparse.SparseStepper(cfg, model, train_rows, make_optimizer(cfg))
         sparse_errors = sparse.SparseEvaluator(model, train_rows, targets, data.scale)
     else:
         stepper = _Stepper(cfg, model, data)
@@ -335,7 +335,7 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
             for start in range(0, n_rows, cfg.batch_size):
                 rows = order[start : start + cfg.batch_size]
                 if use_sparse:
-                    loss = sparse_step(tf.constant(rows))
+                    loss = sparse_stepper.step(tf.constant(rows))
                 else:
                     b = data.train.batch(rows)
                     loss = stepper.step_batch(tf.constant(b.inputs), tf.constant(b.targets), tf.constant(b.mask), tf.constant(rows))
@@ -346,7 +346,8 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
             raise TrainingDiverged(f"training loss became {train_loss} at epoch {epoch}; try a lower lr, a smaller l2 or float32 precision")
         train_seconds = time.perf_counter() - tick
         if use_sparse:
-            errors = sparse_errors(n_rows)
+            sparse_stepper.write_back()  # the step trains a transposed copy of the output kernel
+            errors = sparse_errors(n_rows, sparse_stepper.output_kernel_t)
         elif cached:
             errors = stepper.cached_errors(cached_targets, data.scale)
         else:
@@ -372,7 +373,7 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
     # The training step's optimizer state (twice the weights, for Adam) is not needed any more: it
     # goes before the best weights come back. The compiled step refers to its owner, a reference
     # cycle, hence the collection.
-    sparse_step = stepper = None
+    sparse_stepper = stepper = None
     gc.collect()
     best_weights.restore()
     return model, history

@@ -95,8 +95,8 @@ def test_fit_on_sparse_rows_follows_the_dense_training_curve(
         for key in ("train_loss", "train_rmse", "valid_rmse"):
             assert sparse_[key] == pytest.approx(dense[key], rel=1e-3), (key, dense["epoch"])
     assert sparse_history[-1]["train_rmse"] < sparse_history[0]["train_rmse"]  # it learns
-    # The returned model holds the best epoch's weights: evaluated densely, it gives that epoch's
-    # validation RMSE.
+    # The returned model holds the best epoch's weights, the output kernel included (the step
+    # trains a transposed copy of it): evaluated densely, it gives that epoch's validation RMSE.
     best = min(h["valid_rmse"] for h in sparse_history)
     valid = {"valid_rmse": data.matrices.valid}
     assert observed_errors(lambda r: predict_rows(model, data, r), valid, data.train.shape[0], data.scale)["valid_rmse"] == pytest.approx(best, rel=1e-5)
