@@ -74,8 +74,11 @@ def test_default_space_file_is_the_built_in_default() -> None:
     assert tune.load_space().params == tune.DEFAULT_PARAMS
 
 
-@pytest.mark.parametrize(("space_file", "l2_range"), [("accuracy_space", (1e-5, 1e-3)), ("accuracy_space_tuned", (1e-6, 1e-4))])
-def test_accuracy_spaces_yield_valid_item_configs(space_file: str, l2_range: tuple[float, float]) -> None:
+@pytest.mark.parametrize(("space_file", "l2_range", "noises"), [
+    ("accuracy_space", (1e-5, 1e-3), {"none", "mask"}),
+    ("accuracy_space_tuned", (2e-5, 4e-4), {"mask"}),  # the hand search's masked inputs, always on
+])
+def test_accuracy_spaces_yield_valid_item_configs(space_file: str, l2_range: tuple[float, float], noises: set[str]) -> None:
     space = tune.load_space(ROOT / "experiments" / f"{space_file}.yaml")
     assert space.fixed["orientation"] == "item" and {"l2", "lr", "dropout", "arch"} <= set(space.params)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -84,6 +87,7 @@ def test_accuracy_spaces_yield_valid_item_configs(space_file: str, l2_range: tup
         base = space.base_config(TrainConfig())
         cfg = tune.trial_config(base, {name: spec.suggest(trial, name) for name, spec in space.params.items()})
         assert cfg.orientation == "item" and l2_range[0] <= cfg.l2 <= l2_range[1] and cfg.arch in ("500", "1000")
+        assert cfg.noise in noises and 0.0 <= cfg.noise_level <= 0.35
 
 
 def test_space_file_adds_drops_and_fixes(tmp_path: Path) -> None:
