@@ -4,7 +4,8 @@ Search space. By default `l2` (log-uniform 1e-6..1e-2), `dropout` (uniform 0..0.
 (log-uniform 1e-4..1e-2), as written out in experiments/search_space.yaml. A `--space` YAML file
 is merged over that default: its `params` add parameters or replace their specs (`name: null`
 drops one, which then keeps its command-line value), its `fixed` mapping sets config fields on top
-of the command-line options (a fixed field is not searched). dataset, split, seed and epochs are
+of the command-line options (a fixed field is not searched), unless the command line gives a field a
+value other than its default, which then wins. dataset, split, seed and epochs are
 never searched: the folds, the test split and the pruning steps must be the same for every trial.
 The whole file is validated before any training: an unknown field, a malformed spec, or a value
 that no combination of the other searched values makes valid is one DeeprecError naming the file
@@ -211,9 +212,17 @@ class SearchSpace:
         return parse_space({"params": dict(doc["params"]), "fixed": dict(doc.get("fixed") or {})}, source, merge_default=False)
 
     def base_config(self, cfg: TrainConfig) -> TrainConfig:
-        """The command-line config with `fixed` applied on top."""
+        """The command-line config with `fixed` applied on top, except where the command line set a
+        field to something other than its default: that value wins (a smoke run of a tuned space
+        with `--epochs 2` trains 2 epochs). Only non-default values count as set, because
+        `mlflow run -e tune` passes every option, most of them at their defaults."""
         params = cfg.to_params()
+        defaults = TrainConfig().to_params()
         for key, value in self.fixed.items():
+            if params[key] != defaults[key]:
+                if params[key] != format_param(value):
+                    log.info("%s: fixed.%s = %s overridden by the command line's %s", self.source, key, format_param(value), params[key])
+                continue
             try:
                 TrainConfig.from_params({**params, key: value})
             except ConfigError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import pwd
 import shlex
@@ -88,6 +89,18 @@ def test_accuracy_spaces_yield_valid_item_configs(space_file: str, l2_range: tup
         cfg = tune.trial_config(base, {name: spec.suggest(trial, name) for name, spec in space.params.items()})
         assert cfg.orientation == "item" and l2_range[0] <= cfg.l2 <= l2_range[1] and cfg.arch in ("500", "1000")
         assert cfg.noise in noises and 0.0 <= cfg.noise_level <= 0.35
+
+
+def test_command_line_values_other_than_defaults_win_over_fixed_fields(caplog: pytest.LogCaptureFixture) -> None:
+    space = tune.load_space(ROOT / "experiments" / "accuracy_space_tuned.yaml")
+    # mlflow run -e tune passes every option at its default: the space's fixed values apply.
+    base = space.base_config(TrainConfig().validate())
+    assert (base.epochs, base.patience, base.noise, base.orientation) == (600, 20, "mask", "item")
+    # A smoke run of the tuned space: --epochs 2 is not the default, so it wins (and says so).
+    with caplog.at_level(logging.INFO, logger="deeprec.tune"):
+        smoke = space.base_config(TrainConfig(epochs=2, noise="dropout").validate())
+    assert (smoke.epochs, smoke.noise, smoke.patience) == (2, "dropout", 20)
+    assert "fixed.epochs = 600 overridden by the command line's 2" in caplog.text
 
 
 def test_space_file_adds_drops_and_fixes(tmp_path: Path) -> None:
