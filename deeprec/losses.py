@@ -18,8 +18,10 @@ import tensorflow as tf
 def masked_mse(targets: tf.Tensor, predictions: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     """Mean squared error over the observed entries of the batch (per rating, not per row)."""
     predictions = tf.cast(predictions, tf.float32)
-    squared = tf.square(targets - predictions) * mask
-    return tf.reduce_sum(squared) / tf.maximum(tf.reduce_sum(mask), 1.0)
+    # l2_loss (sum of squares / 2) is one kernel whose gradient is its input: fewer full passes
+    # over the batch's rows x columns, forward and backward, than square, multiply and sum.
+    errors = (predictions - targets) * mask
+    return 2.0 * tf.nn.l2_loss(errors) / tf.maximum(tf.reduce_sum(mask), 1.0)
 
 
 def masked_row_mse(targets: tf.Tensor, predictions: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:

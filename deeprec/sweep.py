@@ -159,7 +159,7 @@ def _run_job(job: Job) -> tuple[str, str]:
         TAG_SWEEP: experiment.name, TAG_ROW: row.name, TAG_SEED: str(job.seed_index),
         TAG_SMOKE: str(job.epochs is not None).lower(), TAG_KIND: "sweep-run",
     }
-    result = tracking.train_tracked(cfg, run_name=f"{row.name} · seed {job.seed_index}", tags=tags, parent_run_id=job.parent_run_id)
+    result = tracking.train_tracked(cfg, run_name=f"{row.name} · seed {cfg.seed}", tags=tags, parent_run_id=job.parent_run_id)
     return row.name, result.run_id
 
 
@@ -330,7 +330,7 @@ def _copy_run(source, experiment: Experiment, job: Job, parent_id: str) -> str:
 
     client = MlflowClient()
     source_id = source.info.run_id
-    name = f"{job.row} · seed {job.seed_index}"
+    name = f"{job.row} · seed {source.data.params.get('seed', job.seed_index)}"
     tags = {k: v for k, v in source.data.tags.items() if not k.startswith("mlflow.")}
     tags.update({
         TAG_SWEEP: experiment.name, TAG_ROW: job.row, TAG_SEED: str(job.seed_index), TAG_SMOKE: "false", TAG_KIND: "sweep-run",

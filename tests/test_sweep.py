@@ -72,6 +72,7 @@ def test_sweep_resume_and_report(workspace: Path, capsys: pytest.CaptureFixture)
     runs = client.search_runs(["0"], f"tags.`{TAG_SWEEP}` = 'tiny' and tags.`mlflow.parentRunId` = '{first['parent_run_id']}'")
     assert len(runs) == 4 and {r.data.tags[TAG_SMOKE] for r in runs} == {"true"}
     assert {r.data.params["epochs"] for r in runs} == {"1"} and {r.data.params["seed"] for r in runs} == {"42", "43"}
+    assert {r.info.run_name for r in runs} == {"zero · seed 42", "zero · seed 43", "average · seed 42", "average · seed 43"}
 
     assert main(["sweep", "tiny.yaml", "--seeds", "2", "--epochs", "1", "--json"]) == 0  # again: nothing left to do
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -137,6 +138,7 @@ def test_a_row_another_sweep_trained_is_copied_not_trained_again(workspace: Path
     source = client.search_runs(["0"], f"tags.`{TAG_SWEEP}` = 'tiny' and tags.`{TAG_ROW}` = 'zero'")[0]
     copy = client.search_runs(["0"], f"tags.`{TAG_SWEEP}` = 'other' and tags.`{TAG_ROW}` = 'baseline'")[0]
     assert copy.info.status == "FINISHED" and copy.data.tags[TAG_REUSED] == source.info.run_id
+    assert copy.info.run_name == "baseline · seed 42"
     assert copy.data.tags["mlflow.parentRunId"] == summary["parent_run_id"]
     assert copy.data.metrics == source.data.metrics and copy.data.params == source.data.params
     assert [m.value for m in client.get_metric_history(copy.info.run_id, "valid_rmse")] == [

@@ -86,6 +86,11 @@ def test_masked_mse_against_hand_computed_values() -> None:
     # observed errors 1, 0, -2 -> (1 + 0 + 4) / 3; the unobserved 9 vs 0 does not count
     assert float(masked_mse(targets, predictions, mask)) == pytest.approx(5 / 3)
     assert float(masked_mse(targets, predictions, tf.zeros_like(mask))) == 0.0
+    # its gradient is 2·(prediction - target)/3 at the observed entries and 0 elsewhere
+    with tf.GradientTape() as tape:
+        tape.watch(predictions)
+        loss = masked_mse(targets, predictions, mask)
+    np.testing.assert_allclose(tape.gradient(loss, predictions).numpy(), [[-2 / 3, 0.0], [0.0, -4 / 3]], rtol=1e-6)
 
 
 def test_row_averaged_loss_weighs_every_row_the_same() -> None:
