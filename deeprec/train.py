@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import keras
 import numpy as np
+import scipy.sparse as sp
 import tensorflow as tf
 
 from deeprec import interrupts, sparse
@@ -93,6 +94,26 @@ def build_model(cfg: TrainConfig, data: TrainingData) -> keras.Model:
         keras.mixed_precision.set_global_policy("float32")
 
 
+class EvaluationBlocks:
+    """The observed entries of each target matrix, per block of rows, as flat indices into the
+    block's (rows x columns) predictions and their ratings: found once, not in every epoch's
+    evaluation (finding them per block and target took 14 ms of the deep model's 0.36 s epoch on
+    ML-1M, 4%)."""
+
+    def __init__(self, targets_by_name: dict[str, sp.csr_matrix], block_rows: int) -> None:
+        self.names = list(targets_by_name)
+        n_rows, n_cols = next(iter(targets_by_name.values())).shape
+        self.blocks: list[tuple[int, int, list[tuple[tf.Tensor, tf.Tensor]]]] = []
+        for start in range(0, n_rows, block_rows):
+            stop = min(start + block_rows, n_rows)
+            entries = []
+            for csr in targets_by_name.values():
+                part = csr[start:stop]
+                rows = np.repeat(np.arange(stop - start, dtype=np.int64), np.diff(part.indptr))
+                entries.append((tf.constant(rows * n_cols + part.indices), tf.constant(part.data, tf.float32)))
+            self.blocks.append((start, stop, entries))
+
+
 class _Stepper:
     """The compiled training step, with noise and dense re-feeding, for one model and dataset."""
 
@@ -126,27 +147,25 @@ class _Stepper:
         # keep them alive after training (about 300 MB per model on ML-1M).
         return float(self.epoch_rows(tf.constant(order), self.inputs, self.targets, self.mask))
 
-    def cached_errors(self, targets: dict[str, sparse.RaggedRows], scale: tuple[float, float]) -> dict[str, float]:
+    def cached_errors(self, targets: EvaluationBlocks, scale: tuple[float, float]) -> dict[str, float]:
         """`observed_errors` on the cached matrix, inside TensorFlow: each block's predictions are
         computed from the cached inputs and read at the targets' observed entries, with no copy of
         inputs or predictions through NumPy (0.188 -> 0.162 s for the deep model on ML-1M)."""
-        n_rows, n_cols = self.inputs.shape
-        block = eval_block_rows(n_cols)
-        ragged = [(target.values, target.columns) for target in targets.values()]
-        totals = np.zeros((len(targets), 2))
-        for start in range(0, n_rows, block):
-            rows = tf.range(start, min(start + block, n_rows), dtype=tf.int64)
-            totals += self.block_errors(rows, self.inputs, ragged, tf.constant(scale, tf.float32)).numpy()
-        return {name: math.sqrt(total / count) if count else float("nan") for name, (total, count) in zip(targets, totals)}
+        totals = np.zeros((len(targets.names), 2))
+        bounds = tf.constant(scale, tf.float32)
+        for start, stop, entries in targets.blocks:
+            totals += self.block_errors(tf.constant(start, tf.int64), tf.constant(stop, tf.int64), self.inputs, entries, bounds).numpy()
+        return {name: math.sqrt(total / count) if count else float("nan") for name, (total, count) in zip(targets.names, totals)}
 
-    def _block_errors(self, rows: tf.Tensor, inputs: tf.Tensor, ragged: list, scale: tf.Tensor) -> tf.Tensor:
-        """(sum of squared errors, count) per target for one block of rows, in float64."""
-        predictions = tf.cast(self.model(self._with_side(tf.gather(inputs, rows), rows), training=False), tf.float32)
-
-        def predict_at(positions: tf.Tensor, columns: tf.Tensor) -> tf.Tensor:
-            return tf.gather_nd(predictions, tf.stack([positions, columns], axis=1))
-
-        return tf.stack([sparse.observed_squared_errors(predict_at, rows, values, columns, (scale[0], scale[1])) for values, columns in ragged])
+    def _block_errors(self, start: tf.Tensor, stop: tf.Tensor, inputs: tf.Tensor, entries: list, scale: tf.Tensor) -> tf.Tensor:
+        """(sum of squared errors, count) per target for the rows start..stop, in float64."""
+        predictions = self.model(self._with_side(inputs[start:stop], tf.range(start, stop)), training=False)
+        flat = tf.reshape(tf.cast(predictions, tf.float32), [-1])
+        sums = []
+        for cells, values in entries:
+            errors = tf.cast(tf.clip_by_value(tf.gather(flat, cells), scale[0], scale[1]) - values, tf.float64)
+            sums.append(tf.stack([tf.reduce_sum(tf.square(errors)), tf.cast(tf.size(errors), tf.float64)]))
+        return tf.stack(sums)
 
     def _epoch_rows(self, order: tf.Tensor, inputs: tf.Tensor, targets: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
         batch, n_rows = self.cfg.batch_size, tf.size(order)
@@ -317,7 +336,7 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
     else:
         stepper = _Stepper(cfg, model, data)
         forward = compiled_forward(model, data.n_inputs)
-        cached_targets = {name: sparse.RaggedRows(csr) for name, csr in targets.items()} if cached else {}
+        cached_targets = EvaluationBlocks(targets, eval_block_rows(data.train.shape[1])) if cached else None
     rng = np.random.default_rng(cfg.seed)
     history: list[dict] = []
     best_weights = BestWeights(model)

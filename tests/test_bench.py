@@ -131,3 +131,29 @@ def test_sparse_step_rejects_an_unknown_orientation(capsys: pytest.CaptureFixtur
 
     assert sparse_step.main(["--orientation", "diagonal"]) == 2
     assert "--orientation" in capsys.readouterr().err
+
+
+def test_epoch_parts_takes_the_step_apart(tiny_ml1m: Path, capsys: pytest.CaptureFixture) -> None:
+    import epoch_parts
+
+    assert epoch_parts.main(["--model", "user", "--repeats", "1", "--matmul-n", "256", "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-2].startswith("summary: U-AutoRec 500 epoch ")
+    result = json.loads(out[-1])
+    seconds, costs = result["seconds"], result["costs"]
+    assert set(seconds) == {"forward", "+ backward", "+ loss", "full step", "evaluation"} and min(seconds.values()) > 0
+    assert costs["backward"] == pytest.approx(seconds["+ backward"] - seconds["forward"], abs=2e-4)
+    assert result["epoch_seconds"] == pytest.approx(seconds["full step"] + seconds["evaluation"], abs=2e-4)
+    # U-AutoRec 500 on rows x columns: a forward pass is 2 x (columns x 500) x 2 FLOP per row;
+    # training adds the weight gradients of both layers and the input gradient of the second
+    rows, columns = result["shape"]
+    assert result["gflop"]["forward"] == pytest.approx(rows * 4 * columns * 500 / 1e9, rel=1e-4)
+    assert result["gflop"]["training"] == pytest.approx(2.5 * result["gflop"]["forward"], rel=1e-4)
+
+
+def test_epoch_parts_rejects_an_unknown_model(capsys: pytest.CaptureFixture) -> None:
+    import epoch_parts
+
+    with pytest.raises(SystemExit) as stop:
+        epoch_parts.main(["--model", "wide"])
+    assert stop.value.code == 2 and "invalid choice: 'wide'" in capsys.readouterr().err

@@ -229,10 +229,9 @@ def test_the_step_adds_kerass_l2_penalty_and_its_gradient(tiny_prepared, tied: b
         np.testing.assert_allclose(weight.numpy(), start - 0.5 * grad.numpy(), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("side", ["none", "user"])
-def test_the_cached_evaluation_equals_the_numpy_one(tiny_prepared, side: str) -> None:
-    from deeprec.sparse import RaggedRows
-    from deeprec.train import _Stepper, build_model
+@pytest.mark.parametrize(("side", "block_rows"), [("none", 8192), ("user", 8192), ("none", 7), ("user", 16)])
+def test_the_cached_evaluation_equals_the_numpy_one(tiny_prepared, side: str, block_rows: int) -> None:
+    from deeprec.train import EvaluationBlocks, _Stepper, build_model
 
     data = tiny_prepared[("user", "3", side)].data
     cfg = TrainConfig(orientation="user", arch="6", fill="3", side_info=side).validate()
@@ -240,7 +239,9 @@ def test_the_cached_evaluation_equals_the_numpy_one(tiny_prepared, side: str) ->
     targets = {"train_rmse": data.train.values, "valid_rmse": data.matrices.valid}
     expected = observed_errors(lambda r: predict_rows(model, data, r), targets, data.train.shape[0], data.scale)
     stepper = _Stepper(cfg, model, data)
-    got = stepper.cached_errors({name: RaggedRows(csr) for name, csr in targets.items()}, data.scale)
+    blocks = EvaluationBlocks(targets, block_rows)
+    assert len(blocks.blocks) == -(-data.train.shape[0] // block_rows)  # one block, or several
+    got = stepper.cached_errors(blocks, data.scale)
     assert set(got) == set(expected)
     for name in expected:
         assert got[name] == pytest.approx(expected[name], rel=1e-6)
