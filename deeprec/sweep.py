@@ -34,7 +34,8 @@ import multiprocessing
 import os
 import signal
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, fields
 from multiprocessing.synchronize import Event
 from pathlib import Path
@@ -146,12 +147,13 @@ def _init_worker(threads: int, stop: Event | None = None) -> None:
     signal.signal(signal.SIGTERM, interrupts.handle)
 
 
-def _run_job(job: Job) -> tuple[str, str]:
-    """Train one (row, seed) as a run nested under the sweep's parent; runs in a worker process."""
+def _run_job(job: Job) -> str:
+    """Train one (row, seed) as a run nested under the sweep's parent; runs in a worker process.
+    Returns what the run measured, one line for the sweep's progress log ("" if not started)."""
     from deeprec import tracking
 
     if _stop is not None and _stop.is_set():  # queued before the interrupt: start nothing new
-        return job.row, ""
+        return ""
     experiment = load_experiment(job.experiment_path)
     row = next(r for r in experiment.rows if r.name == job.row)
     cfg = experiment.config(row, job.seed_index, job.epochs)
@@ -159,8 +161,11 @@ def _run_job(job: Job) -> tuple[str, str]:
         TAG_SWEEP: experiment.name, TAG_ROW: row.name, TAG_SEED: str(job.seed_index),
         TAG_SMOKE: str(job.epochs is not None).lower(), TAG_KIND: "sweep-run",
     }
+    started = time.perf_counter()
     result = tracking.train_tracked(cfg, run_name=f"{row.name} · seed {cfg.seed}", tags=tags, parent_run_id=job.parent_run_id)
-    return row.name, result.run_id
+    metric = result.metrics.get(experiment.metric, float("nan"))
+    best_epoch = result.metrics.get("best_epoch", float("nan"))
+    return f"{row.name} · seed {cfg.seed}: {experiment.metric} {metric:.4f}, best epoch {best_epoch:.0f}, {(time.perf_counter() - started) / 60:.1f} min"
 
 
 def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: int | None = None, reuse: bool = True) -> dict:
@@ -188,11 +193,19 @@ def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: i
     if reuse and not smoke and jobs:
         left = _reuse_trained(experiment, jobs, parent_id)
         reused, jobs = len(jobs) - len(left), left
-    failed = []
+    failed: list[str] = []
+    finished = 0
+
+    def progress(line: str) -> None:
+        nonlocal finished
+        finished += 1
+        if line:
+            log.info("sweep %s: %d of %d done: %s", experiment.name, finished, len(jobs), line)
+
     if max_parallel == 1:
         for job in jobs:
             try:
-                _run_job(job)
+                progress(_run_job(job))
             except DeeprecError as exc:  # a diverged row fails its own run, the sweep goes on
                 log.error("%s seed %d failed: %s", job.row, job.seed_index, exc)
                 failed.append(job.row)
@@ -208,9 +221,10 @@ def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: i
         pool = ProcessPoolExecutor(max_workers=max_parallel, mp_context=context, initializer=_init_worker, initargs=(threads, stop))
         try:
             futures = {pool.submit(_run_job, job): job for job in jobs}
-            for future, job in futures.items():
+            for future in as_completed(futures):  # in the order they finish, for the progress log
+                job = futures[future]
                 try:
-                    future.result()
+                    progress(future.result())
                 except DeeprecError as exc:
                     log.error("%s seed %d failed: %s", job.row, job.seed_index, exc)
                     failed.append(job.row)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -64,8 +65,12 @@ def workspace(mlflow_store: Path) -> Path:
     return mlflow_store
 
 
-def test_sweep_resume_and_report(workspace: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["sweep", "tiny.yaml", "--seeds", "2", "--epochs", "1", "--json"]) == 0
+def test_sweep_resume_and_report(workspace: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="deeprec.sweep"):
+        assert main(["sweep", "tiny.yaml", "--seeds", "2", "--epochs", "1", "--json"]) == 0
+    progress = [r.getMessage() for r in caplog.records if " done: " in r.getMessage()]
+    assert [line.split(": ")[1] for line in progress] == ["1 of 4 done", "2 of 4 done", "3 of 4 done", "4 of 4 done"]
+    assert re.fullmatch(r"sweep tiny: 1 of 4 done: zero · seed 42: test_rmse_user_avg [0-9.]+, best epoch 1, [0-9.]+ min", progress[0])
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (first["ran"], first["skipped"], first["smoke"]) == (4, 0, True)
     client = MlflowClient()
