@@ -144,7 +144,8 @@ def observed_squared_errors(
 ) -> tf.Tensor:
     """[sum of squared errors, count], float64, of the clipped predictions at the observed entries
     of `rows` of a ragged CSR matrix; `predict_at(positions, columns)` gives the predictions at
-    (position in `rows`, column) pairs. Shared by the sparse and the cached dense evaluation."""
+    (position in `rows`, column) pairs. The cached dense evaluation has its entries found once instead
+    (`train.EvaluationBlocks`)."""
     positions, wanted_columns, wanted = take_rows(values, columns, rows)
     predictions = predict_at(positions, wanted_columns)
     errors = tf.cast(tf.clip_by_value(predictions, scale[0], scale[1]) - wanted, tf.float64)
