@@ -28,7 +28,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from reference import gflop_per_epoch, layer_sizes, load_dataset_or_exit, matmul_gflops
+from reference import gflop_split, load_dataset_or_exit, matmul_gflops
 
 from deeprec.config import TrainConfig
 from deeprec.losses import masked_mse
@@ -105,9 +105,7 @@ def measure(dataset_name: str, model_key: str, repeats: int, matmul_n: int = 204
         seconds["evaluation"].append(time.perf_counter() - tick)
     median = {part: statistics.median(times[1:]) for part, times in seconds.items()}
 
-    sizes = layer_sizes(cfg, n_cols)
-    forward_gflop = n_rows * sum(2 * a * b for a, b in zip(sizes, sizes[1:])) / 1e9
-    training_gflop = gflop_per_epoch(cfg, (n_rows, n_cols)) - forward_gflop  # without the evaluation's forward pass
+    training_gflop, forward_gflop = gflop_split(cfg, (n_rows, n_cols))
     return {
         "model": name,
         "matmul_gflops": round(rate, 1),

@@ -109,19 +109,24 @@ def layer_sizes(cfg: TrainConfig, n_cols: int) -> list[int]:
     return [n_cols, *cfg.hidden_sizes, n_cols]
 
 
-def gflop_per_epoch(cfg: TrainConfig, shape: tuple[int, int]) -> float:
-    """Dense matrix-multiply GFLOP of one epoch: training on every row plus one forward pass.
+def gflop_split(cfg: TrainConfig, shape: tuple[int, int]) -> tuple[float, float]:
+    """Dense matrix-multiply GFLOP of (training on every row, one forward pass over every row).
 
     Training is a forward pass (2*in*out per layer and row), the weight gradient (2*in*out) and the
     input gradient (2*in*out, except for the first layer, whose input needs none). The forward pass
-    afterwards is the per-epoch train/validation RMSE (deeprec) or validation loss (reference).
-    Element-wise work (activations, the optimizer update) is left out: it is small next to these.
+    is the per-epoch train/validation RMSE (deeprec) or validation loss (reference). Element-wise
+    work (activations, the optimizer update) is left out: it is small next to these.
     """
     n_rows, n_cols = shape
     sizes = layer_sizes(cfg, n_cols)
     forward = sum(2 * a * b for a, b in zip(sizes, sizes[1:]))
     train = 3 * forward - 2 * sizes[0] * sizes[1]
-    return n_rows * (train + forward) / 1e9
+    return n_rows * train / 1e9, n_rows * forward / 1e9
+
+
+def gflop_per_epoch(cfg: TrainConfig, shape: tuple[int, int]) -> float:
+    """Dense matrix-multiply GFLOP of one epoch: training on every row plus one forward pass."""
+    return sum(gflop_split(cfg, shape))
 
 
 def median_after_warmup(seconds: list[float]) -> float:

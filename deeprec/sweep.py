@@ -194,18 +194,15 @@ def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: i
         left = _reuse_trained(experiment, jobs, parent_id)
         reused, jobs = len(jobs) - len(left), left
     failed: list[str] = []
-    finished = 0
 
-    def progress(line: str) -> None:
-        nonlocal finished
-        finished += 1
-        if line:
-            log.info("sweep %s: %d of %d done: %s", experiment.name, finished, len(jobs), line)
+    def progress(done: int, line: str) -> None:
+        if line:  # "" for a job that an interrupt kept from starting
+            log.info("sweep %s: %d of %d done: %s", experiment.name, done, len(jobs), line)
 
     if max_parallel == 1:
-        for job in jobs:
+        for done, job in enumerate(jobs, 1):
             try:
-                progress(_run_job(job))
+                progress(done, _run_job(job))
             except DeeprecError as exc:  # a diverged row fails its own run, the sweep goes on
                 log.error("%s seed %d failed: %s", job.row, job.seed_index, exc)
                 failed.append(job.row)
@@ -221,10 +218,10 @@ def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: i
         pool = ProcessPoolExecutor(max_workers=max_parallel, mp_context=context, initializer=_init_worker, initargs=(threads, stop))
         try:
             futures = {pool.submit(_run_job, job): job for job in jobs}
-            for future in as_completed(futures):  # in the order they finish, for the progress log
+            for done, future in enumerate(as_completed(futures), 1):  # in the order they finish
                 job = futures[future]
                 try:
-                    progress(future.result())
+                    progress(done, future.result())
                 except DeeprecError as exc:
                     log.error("%s seed %d failed: %s", job.row, job.seed_index, exc)
                     failed.append(job.row)
