@@ -11,7 +11,8 @@ medians of those processes' probes; each model's efficiency uses its own process
 
     DEEPREC_DATA_DIR=../shared/data python bench/speed.py [--epochs 6] [--quick] [--json]
 
-`--quick` (under two minutes): float32 only, 4 epochs (3 timed), smaller matmul probe.
+`--quick` (under two minutes): float32 only, 4 epochs (3 timed); the same 2048³ probe, so its
+efficiencies compare with a full run's (a 1024³ probe runs slower and made them read higher).
 `--json` ends with one JSON object: {"matmul_gflops": {"float32", "bfloat16"}, "models": {NAME: {...}}}.
 Run it on an otherwise idle machine: both trainers use every core.
 """
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure_model(dataset, *args.child, epochs, args.matmul_n)))
         return 0
     precisions = PRECISIONS[:1] if args.quick else PRECISIONS
-    result = measure(args.dataset, epochs, precisions, matmul_n=1024 if args.quick else 2048)
+    result = measure(args.dataset, epochs, precisions, matmul_n=2048)
     print_table(result)
     speedups = [m["speedup"] for m in result["models"].values()]
     efficiencies = [m["efficiency"] for m in result["models"].values()]
