@@ -119,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="SQLAlchemy URL (sqlite:///PATH, postgresql+psycopg2://USER:PASS@HOST/DB) or journal:PATH (default optuna.db beside an SQLite MLflow store, else ./optuna.db)")
     tune.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median", help="prune on per-epoch and per-fold validation RMSE (default median)")
     tune.add_argument("--pruner-startup-trials", type=_whole_number, default=5, help="median pruner: complete trials before pruning starts (default 5)")
-    tune.add_argument("--pruner-warmup-steps", type=_whole_number, default=5, help="median pruner: a trial's steps before it may be pruned (default 5)")
+    tune.add_argument("--pruner-warmup-steps", type=_whole_number, default=5, help="median pruner, per-epoch checks: a trial's steps before it may be pruned (default 5)")
+    tune.add_argument("--prune-every", choices=("epoch", "fold"), default="epoch",
+                      help="epoch: check after every epoch and every fold; fold: only after each fold, for spaces whose configurations learn at different speeds (default epoch)")
     tune.add_argument("--heartbeat-interval", type=_whole_number, default=10, metavar="S", help="seconds between a running trial's heartbeats (default 10)")
     tune.add_argument("--grace-period", type=_whole_number, default=30, metavar="S", help="a running trial without heartbeat for this long is failed (default 30)")
     tune.add_argument("--refit", nargs="?", const=True, default=True, type=_boolean, metavar="true|false",
@@ -127,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--no-refit", dest="refit", action="store_false", help="skip the refit")
     tune.add_argument("--json", action="store_true", help="print one JSON summary object last")
     tune.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # internal: a worker process, spec as JSON on stdin
+
+    replay = commands.add_parser("replay-pruning", help="what median-pruning rules would have done to a finished study's complete trials, without training")
+    replay.add_argument("--study-name", required=True, help="a study made by `deeprec tune`")
+    replay.add_argument("--storage", default=None, metavar="URL", help="as for `deeprec tune` (default optuna.db beside an SQLite MLflow store, else ./optuna.db)")
+    replay.add_argument("--warmup-steps", type=_whole_number, nargs="+", default=[5, 50, 100, 200],
+                        help="per-epoch rules to replay, one per warm-up (default 5 50 100 200); a rule that checks after each fold only is always replayed")
+    replay.add_argument("--startup-trials", type=_whole_number, default=5, help="complete trials before pruning starts (default 5)")
+    replay.add_argument("--json", action="store_true", help="print one JSON object last")
 
     sweep = commands.add_parser("sweep", help="run every row x seed of an experiment file as MLflow runs under one parent")
     sweep.add_argument("experiment", help="an experiments/*.yaml file")
@@ -329,7 +339,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     space = tune.load_space(args.space or None)
     options = tune.TuneOptions(
         folds=args.folds, n_trials=args.n_trials, n_workers=args.n_workers, study_name=args.study_name or None, storage=args.storage or None,
-        pruner=tune.PrunerSettings(args.pruner, args.pruner_startup_trials, args.pruner_warmup_steps), refit=args.refit,
+        pruner=tune.PrunerSettings(args.pruner, args.pruner_startup_trials, args.pruner_warmup_steps, args.prune_every), refit=args.refit,
         heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
     )
     result = tune.run_study(cfg, space, options)
@@ -338,6 +348,35 @@ def cmd_tune(args: argparse.Namespace) -> int:
     else:
         print("\n".join(tune.summary_lines(result)))
     return EXIT_FAILED if any(result.worker_exit_codes) else 0
+
+
+def cmd_replay_pruning(args: argparse.Namespace) -> int:
+    if any(w < 0 for w in args.warmup_steps) or args.startup_trials < 0:
+        raise DeeprecError("--warmup-steps and --startup-trials must be >= 0")
+    import optuna  # heavy: only for this command
+
+    from deeprec import pruning_replay, tune
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "new study" line per replayed trial otherwise
+    study = pruning_replay.load_finished_study(args.study_name, args.storage or tune.default_storage())
+    rules = [tune.PrunerSettings("median", args.startup_trials, w) for w in args.warmup_steps]
+    rules.append(tune.PrunerSettings("median", args.startup_trials, 0, every="fold"))
+    results = pruning_replay.replay(study, rules)
+    best = results[0].verdicts[0].trial_number
+    print(f"study {args.study_name}: {len(results[0].verdicts)} complete trials, leave-one-out, best first")
+    for result in results:
+        print(f"\n{result.label}: would train {result.epochs_share():.0%} of the recorded epochs")
+        for v in result.verdicts:
+            print(f"  trial {v.trial_number:>3}  CV RMSE {v.value:.4f}  {'kept' if v.pruned_at is None else 'pruned ' + v.pruned_at}")
+    kept_best = [r.label for r in results if best in r.kept()]
+    print(f"summary: the best trial ({best}) survives {len(kept_best)} of {len(results)} rules"
+          + (f": {'; '.join(kept_best)}" if kept_best else ""))
+    if args.json:
+        print(json.dumps({"study": args.study_name, "rules": [
+            {"rule": r.label, "epochs_share": round(r.epochs_share(), 4), "kept": r.kept(),
+             "verdicts": [{"trial": v.trial_number, "value": v.value, "pruned_at": v.pruned_at, "epochs_trained": v.epochs_trained} for v in r.verdicts]}
+            for r in results]}))
+    return 0
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -369,6 +408,7 @@ COMMANDS = {
     ("sweep", None): cmd_sweep,
     ("report", None): cmd_report,
     ("tune", None): cmd_tune,
+    ("replay-pruning", None): cmd_replay_pruning,
     ("recommend", None): cmd_recommend,
 }
 

@@ -219,6 +219,25 @@ def test_reporter_steps_grow_through_epochs_and_fold_checks() -> None:
     assert trial.asked == [1, 2, 4, 5, 6]  # no pruning question once the last fold is done
 
 
+def test_reporter_every_fold_reports_and_asks_only_at_the_fold_checks() -> None:
+    trial = FakeTrial(prune_from_step=1)  # would prune at any step it is asked about
+    seen: list[int] = []
+    reporter = tune.TrialReporter(trial, epochs=3, folds=2, sink=lambda record, step: seen.append(step), every="fold")
+    for epoch in (1, 2, 3):
+        reporter.on_epoch(0, {"epoch": epoch, "valid_rmse": 1.0})
+    assert seen == [1, 2, 3] and trial.reports == [] and trial.asked == []  # the curve is still logged
+    with pytest.raises(optuna.TrialPruned, match="after fold 1"):
+        reporter.on_fold(0, [0.9])
+    assert trial.reports == [(4, 0.9)] and trial.asked == [4]
+
+
+def test_hyperband_first_checks_after_a_fold_when_pruning_every_fold() -> None:
+    per_epoch = tune.make_pruner(tune.PrunerSettings("hyperband"), folds=3, epochs=9)
+    per_fold = tune.make_pruner(tune.PrunerSettings("hyperband", every="fold"), folds=3, epochs=9)
+    assert (per_epoch._min_resource, per_epoch._max_resource) == (1, 30)
+    assert (per_fold._min_resource, per_fold._max_resource) == (10, 30)
+
+
 def test_reporter_raises_trial_pruned_when_told() -> None:
     reporter = tune.TrialReporter(FakeTrial(prune_from_step=2), epochs=2, folds=2)
     reporter.on_epoch(0, {"epoch": 1, "valid_rmse": 3.0})
@@ -271,7 +290,8 @@ def test_storage_urls_hide_passwords_and_bad_ones_fail_in_one_line(tmp_path: Pat
 def test_options_are_checked() -> None:
     for options, message in ((tune.TuneOptions(folds=1), "folds"), (tune.TuneOptions(n_workers=0), "n-workers"),
                              (tune.TuneOptions(heartbeat_interval=5, grace_period=5), "grace-period"),
-                             (tune.TuneOptions(study_name="it's"), "study-name"), (tune.TuneOptions(pruner=tune.PrunerSettings("asha")), "pruner")):
+                             (tune.TuneOptions(study_name="it's"), "study-name"), (tune.TuneOptions(pruner=tune.PrunerSettings("asha")), "pruner"),
+                             (tune.TuneOptions(pruner=tune.PrunerSettings(every="batch")), "prune-every")):
         with pytest.raises(DeeprecError, match=message):
             options.validate()
 
@@ -279,7 +299,7 @@ def test_options_are_checked() -> None:
 def test_mlproject_tune_entry_point_is_cv_plus_the_study_options() -> None:
     project = yaml.safe_load((ROOT / "MLproject").read_text())
     cv_entry, tune_entry = project["entry_points"]["cv"], project["entry_points"]["tune"]
-    extra = {"n_trials", "n_workers", "pruner", "space", "storage", "study_name"}
+    extra = {"n_trials", "n_workers", "pruner", "prune_every", "space", "storage", "study_name"}
     cv_only = {"ensemble"}  # a study refits its best trial; fold ensembles are a `cv` option
     assert set(tune_entry["parameters"]) == (set(cv_entry["parameters"]) - cv_only) | extra
     for name, spec in cv_entry["parameters"].items():
@@ -289,7 +309,7 @@ def test_mlproject_tune_entry_point_is_cv_plus_the_study_options() -> None:
     argv = shlex.split(tune_entry["command"].format(**values))
     assert argv[:2] == ["deeprec", "tune"]
     args = build_parser().parse_args(argv[1:])
-    assert (args.n_trials, args.n_workers, args.pruner, args.refit, args.folds) == (20, 1, "median", True, 5)
+    assert (args.n_trials, args.n_workers, args.pruner, args.prune_every, args.refit, args.folds) == (20, 1, "median", "epoch", True, 5)
     assert args.storage == "" and args.study_name == ""  # empty means the default
     assert tune.load_space(ROOT / args.space).is_default
     assert not build_parser().parse_args(["tune", "--no-refit"]).refit
@@ -390,6 +410,26 @@ def test_pruning_on_a_crafted_study_with_the_journal_storage(workspace: Path, ca
         assert states[number].data.tags["pruned_at"].startswith("fold 1 epoch 1")
         assert states[number].data.metrics["folds_completed"] == 0
     assert states[0].data.tags["trial_state"] == "complete"
+
+
+def test_pruning_every_fold_lets_each_trial_finish_its_first_fold(workspace: Path, capsys: pytest.CaptureFixture) -> None:
+    # The crafted study above, checked after each fold only: the slow trials are stopped after
+    # their first fold instead of at epoch 1, and Optuna holds no per-epoch values for them. The
+    # default 5 warm-up steps do not delay the fold check at step 3: a fold is the warm-up.
+    (workspace / "lr_space.yaml").write_text("params:\n  lr: [0.3, 1.0e-5]\nfixed:\n  l2: 0.0001\n  dropout: 0.0\n")
+    name, storage = "per-fold", f"sqlite:///{workspace / 'per_fold.db'}"
+    study = optuna.create_study(study_name=name, storage=storage)
+    for lr in (0.3, 1e-5, 1e-5):
+        study.enqueue_trial({"lr": lr})
+    result = tune_json(capsys, "--space", "lr_space.yaml", "--storage", storage, "--study-name", name, "--n-trials", "3",
+                       "--pruner-startup-trials", "1", "--prune-every", "fold", "--no-refit")
+    assert (result["trials_complete"], result["trials_pruned"]) == (1, 2)
+    runs = {int(r.data.params["trial_number"]): r for r in trial_runs(result["parent_run_id"])}
+    epochs = int(TINY[TINY.index("--epochs") + 1])
+    for trial in load(storage, name).trials[1:]:
+        assert runs[trial.number].data.tags["pruned_at"].startswith("after fold 1")
+        assert runs[trial.number].data.metrics["folds_completed"] == 1
+        assert list(trial.intermediate_values) == [tune.fold_step(0, epochs)]
 
 
 def test_invalid_sampled_combination_fails_that_trial_cleanly(workspace: Path, capsys: pytest.CaptureFixture) -> None:
