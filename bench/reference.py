@@ -7,7 +7,10 @@
 - The machine's matrix-multiply rate and a dense autoencoder's FLOPs per epoch, so that seconds per
   epoch can be read as a fraction of what the hardware does.
 
-Shared by bench/speed.py and bench/time_to_target.py; not part of the package.
+Both are plain Keras (`keras.ops`, `Model.fit`), so they run on any Keras backend: bench/gpu.py
+trains the reference on JAX or PyTorch where a GPU machine has no TensorFlow.
+
+Shared by bench/speed.py, bench/time_to_target.py and bench/gpu.py; not part of the package.
 """
 
 from __future__ import annotations
@@ -20,12 +23,18 @@ from collections.abc import Callable
 
 import keras
 import scipy.sparse as sp
-import tensorflow as tf
 
 from deeprec import datasets
 from deeprec.config import TrainConfig
 from deeprec.errors import DeeprecError
 from deeprec.models import MODELS
+
+# The models bench/speed.py and bench/gpu.py time: TrainConfig overrides by display name.
+SPEED_MODELS = {
+    "U-AutoRec 500": dict(orientation="user"),
+    "I-AutoRec 500": dict(orientation="item"),
+    "Deep [256,512,256]": dict(orientation="user", arch="256,512,256", activation="selu", dropout=0.8),
+}
 
 
 def load_dataset_or_exit(name: str) -> datasets.Dataset:
@@ -37,11 +46,12 @@ def load_dataset_or_exit(name: str) -> datasets.Dataset:
         raise SystemExit(2) from None
 
 
-def notebook_masked_mse(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+def notebook_masked_mse(y_true, y_pred):
     """The notebook's loss: squared error where the target is non-zero, per rating."""
-    mask = tf.cast(tf.not_equal(y_true, 0.0), tf.float32)
-    y_pred = tf.cast(y_pred, tf.float32)
-    return tf.reduce_sum(tf.square(y_true - y_pred) * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+    ops = keras.ops
+    mask = ops.cast(ops.not_equal(y_true, 0.0), "float32")
+    y_pred = ops.cast(y_pred, "float32")
+    return ops.sum(ops.square(y_true - y_pred) * mask) / ops.maximum(ops.sum(mask), 1.0)
 
 
 class EpochClock(keras.callbacks.Callback):
@@ -89,25 +99,30 @@ def reference_fit(
     return model, clock.seconds
 
 
-def matmul_gflops(dtype: tf.DType, n: int = 2048, repeats: int = 10, warmup_seconds: float = 1.0) -> float:
-    """The steady-state rate of an n x n x n matrix multiply, GFLOP/s (median of `repeats`).
+def matmul_gflops(dtype: str, n: int = 2048, repeats: int = 10, warmup_seconds: float = 1.0) -> float:
+    """The steady-state rate of an n x n x n matrix multiply in `dtype` ("float32", "bfloat16") on
+    the Keras backend's default device, GFLOP/s (median of `repeats`).
 
     The multiplies first run untimed for `warmup_seconds` (at least three): in a fresh process the
     first second's rate was 5-25% below the steady one (356-431 against 468-478 GFLOP/s on one
-    host), which made every efficiency measured against it look that much better.
+    host), which made every efficiency measured against it look that much better. Each timed call
+    reads one element back, which waits for an accelerator's asynchronous work to finish.
     """
-    a = tf.random.uniform((n, n), dtype=tf.float32, seed=1)
-    b = tf.random.uniform((n, n), dtype=tf.float32, seed=2)
-    a, b = tf.cast(a, dtype), tf.cast(b, dtype)
-    matmul = tf.function(lambda x, y: tf.reduce_sum(tf.cast(tf.matmul(x, y)[0, :1], tf.float32)))
+    ops = keras.ops
+    a = ops.cast(keras.random.uniform((n, n), seed=1), dtype)
+    b = ops.cast(keras.random.uniform((n, n), seed=2), dtype)
+
+    def matmul(x, y):
+        return ops.convert_to_numpy(ops.cast(ops.matmul(x, y)[0, :1], "float32"))
+
     warm_until, calls = time.perf_counter() + warmup_seconds, 0
     while calls < 3 or time.perf_counter() < warm_until:  # the first call also traces
-        matmul(a, b).numpy()
+        matmul(a, b)
         calls += 1
     times = []
     for _ in range(repeats):
         tick = time.perf_counter()
-        matmul(a, b).numpy()
+        matmul(a, b)
         times.append(time.perf_counter() - tick)
     return 2 * n**3 / statistics.median(times) / 1e9
 

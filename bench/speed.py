@@ -26,9 +26,8 @@ import statistics
 import subprocess
 import sys
 
-import tensorflow as tf
 
-from reference import load_dataset_or_exit, gflop_per_epoch, matmul_gflops, median_after_warmup, reference_fit
+from reference import SPEED_MODELS, load_dataset_or_exit, gflop_per_epoch, matmul_gflops, median_after_warmup, reference_fit
 
 from deeprec import datasets
 from deeprec.config import TrainConfig
@@ -38,17 +37,13 @@ from deeprec.train import TrainingData, fit
 
 log = logging.getLogger("bench.speed")
 
-MODELS = {
-    "U-AutoRec 500": dict(orientation="user"),
-    "I-AutoRec 500": dict(orientation="item"),
-    "Deep [256,512,256]": dict(orientation="user", arch="256,512,256", activation="selu", dropout=0.8),
-}
+MODELS = SPEED_MODELS
 PRECISIONS = ("float32", "bfloat16")
 
 
 def measure_model(dataset: datasets.Dataset, name: str, precision: str, epochs: int, matmul_n: int) -> dict:
     """One model in one precision: the matmul rates, then deeprec and the reference, in this process."""
-    rates = {p: matmul_gflops(getattr(tf, p), matmul_n) for p in PRECISIONS}
+    rates = {p: matmul_gflops(p, matmul_n) for p in PRECISIONS}
     split = make_split("holdout", dataset.ratings.users)
     cfg = TrainConfig(epochs=epochs, patience=0, precision=precision, **MODELS[name]).validate()
     matrices = build_matrices(dataset.ratings, split, cfg.orientation, cfg.fill)

@@ -157,3 +157,40 @@ def test_epoch_parts_rejects_an_unknown_model(capsys: pytest.CaptureFixture) -> 
     with pytest.raises(SystemExit) as stop:
         epoch_parts.main(["--model", "wide"])
     assert stop.value.code == 2 and "invalid choice: 'wide'" in capsys.readouterr().err
+
+
+def test_gpu_bench_json_contract_on_the_cpu(capsys: pytest.CaptureFixture) -> None:
+    import gpu
+
+    args = ["--shapes", "ml-100k", "--model", "U-AutoRec 500", "--precisions", "float32", "--epochs", "2", "--matmul-n", "256", "--json"]
+    assert gpu.main(args) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-2].startswith("summary: 1 cases on cpu (tensorflow)")
+    result = json.loads(out[-1])
+    assert result["backend"] == "tensorflow" and result["device"] == "cpu" and result["device_peak_gib"] is None
+    assert set(result["matmul_gflops"]) == {"float32", "bfloat16"} and min(result["matmul_gflops"].values()) > 0
+    (name, case), = result["cases"].items()
+    assert name == "ml-100k U-AutoRec 500 float32" and case["batch_size"] == 256 and case["epochs"] == 2
+    # U-AutoRec 500 on the users' rows (943 at the ML-100K shape): forward 4 x columns x 500 FLOP a row,
+    # training 2.5 forward passes, plus the validation forward pass
+    columns = round(case["gflop_per_epoch"] * 1e9 / (943 * 3.5 * 4 * 500))
+    assert 1_600 <= columns <= 1_682
+    assert case["efficiency"] == pytest.approx(case["gflop_per_epoch"] / case["seconds_per_epoch"] / result["matmul_gflops"]["float32"], rel=0.02)
+    assert 0.7 < case["valid_rmse"] < 2.0  # ratings on a 1..5 scale, after two epochs
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--shapes", "ml-5m"], "unknown shape 'ml-5m'"),
+        (["--precisions", "float16"], "unknown precision 'float16'"),
+        (["--epochs", "1"], "--epochs must be at least 2"),
+        (["--batch-size", "-4"], "must not be negative"),
+    ],
+)
+def test_gpu_bench_rejects_bad_options_before_any_work(args: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    import gpu
+
+    assert gpu.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
