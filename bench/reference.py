@@ -71,6 +71,20 @@ class EpochClock(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def reference_model(cfg: TrainConfig, n_cols: int) -> keras.Model:
+    """The registry's model for rows of `n_cols` ratings, under the config's precision, compiled the
+    notebook's way: its masked loss and a plain Keras optimizer. Seeded by the config."""
+    keras.utils.set_random_seed(cfg.seed)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if cfg.precision == "bfloat16" else "float32")
+    try:
+        model = MODELS[cfg.model](cfg, n_cols, n_cols)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    optimizer = keras.optimizers.Adam(learning_rate=cfg.lr) if cfg.optimizer == "adam" else keras.optimizers.SGD(learning_rate=cfg.lr, momentum=cfg.momentum)
+    model.compile(optimizer=optimizer, loss=notebook_masked_mse)
+    return model
+
+
 def reference_fit(
     cfg: TrainConfig,
     train: sp.csr_matrix,
@@ -84,14 +98,7 @@ def reference_fit(
     With `valid=None` there is no validation pass (the caller's `on_epoch` evaluates instead).
     Only zero fill and no input noise: that is all the notebook's loss and input could express.
     """
-    keras.utils.set_random_seed(cfg.seed)
-    keras.mixed_precision.set_global_policy("mixed_bfloat16" if cfg.precision == "bfloat16" else "float32")
-    try:
-        model = MODELS[cfg.model](cfg, train.shape[1], train.shape[1])
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-    optimizer = keras.optimizers.Adam(learning_rate=cfg.lr) if cfg.optimizer == "adam" else keras.optimizers.SGD(learning_rate=cfg.lr, momentum=cfg.momentum)
-    model.compile(optimizer=optimizer, loss=notebook_masked_mse)
+    model = reference_model(cfg, train.shape[1])
     x = train.toarray()
     clock = EpochClock(on_epoch)
     validation = None if valid is None else (x, valid.toarray())

@@ -186,6 +186,7 @@ def test_gpu_bench_json_contract_on_the_cpu(capsys: pytest.CaptureFixture) -> No
         (["--precisions", "float16"], "unknown precision 'float16'"),
         (["--epochs", "1"], "--epochs must be at least 2"),
         (["--batch-size", "-4"], "must not be negative"),
+        (["--device-data"], "--device-data needs KERAS_BACKEND=torch, not tensorflow"),
     ],
 )
 def test_gpu_bench_rejects_bad_options_before_any_work(args: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
