@@ -11,9 +11,9 @@ backend and measures what these models cost on the device:
     KERAS_BACKEND=torch python bench/gpu.py --device-data ...
 
 With TensorFlow on the CPU it times what bench/speed.py's reference column times. `Model.fit` keeps
-NumPy data in host memory and copies every batch to the device; `--device-data` (PyTorch backend)
-holds the matrices in the device's memory instead and feeds `Model.fit` a DataLoader over them, to
-tell the cost of those copies from the training's own.
+NumPy data in host memory and copies every batch to the device; `--device-data` (PyTorch or
+TensorFlow backend) gives it the matrices as tensors in the device's memory instead, which Keras
+slices there, to tell the cost of those copies from the training's own.
 
 The data: bench/scale.py's synthetic MovieLens-like ratings (no dataset has to travel to the
 machine), split by deeprec's holdout split and made into matrices by deeprec.matrix, as in a real
@@ -36,7 +36,7 @@ from pathlib import Path
 import keras
 import scipy.sparse as sp
 
-from reference import SPEED_MODELS, EpochClock, gflop_per_epoch, matmul_gflops, median_after_warmup, reference_fit, reference_model
+from reference import SPEED_MODELS, gflop_per_epoch, matmul_gflops, median_after_warmup, reference_fit
 from scale import SHAPES, synthetic_ratings
 
 from deeprec import metrics
@@ -97,34 +97,10 @@ def validation_rmse(model: keras.Model, train: sp.csr_matrix, valid: sp.csr_matr
     return metrics.rmse(held_out.data, metrics.clip(predictions[held_out.row, held_out.col], SCALE))
 
 
-def device_data_fit(cfg: TrainConfig, train: sp.csr_matrix, valid: sp.csr_matrix, epochs: int) -> tuple[keras.Model, list[float]]:
-    """reference_fit with the dense matrices held as tensors in the device's memory (PyTorch
-    backend): `Model.fit` reads batches from a DataLoader over them, so no batch is copied from
-    the host. Same model, loss, optimizer and batches; only where the data lives differs."""
-    import torch
-    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    inputs = torch.as_tensor(train.toarray(), device=device)
-
-    def batches(targets: torch.Tensor, shuffle: bool) -> DataLoader:
-        rows = TensorDataset(inputs, targets)
-        order = RandomSampler(rows) if shuffle else SequentialSampler(rows)
-        # The sampler yields each batch's row indices: one indexing per batch, not one per row.
-        return DataLoader(rows, sampler=BatchSampler(order, cfg.batch_size, drop_last=False), batch_size=None)
-
-    model = reference_model(cfg, train.shape[1])
-    clock = EpochClock()
-    held_out = torch.as_tensor(valid.toarray(), device=device)
-    model.fit(batches(inputs, shuffle=True), epochs=epochs, validation_data=batches(held_out, shuffle=False), verbose=0, callbacks=[clock])
-    return model, clock.seconds
-
-
 def measure_case(matrices: SplitMatrices, cfg: TrainConfig, rates: dict[str, float], device_data: bool) -> dict:
     """Train one model with the reference for cfg.epochs epochs: its time, rate and accuracy."""
     tick = time.perf_counter()
-    fit = device_data_fit if device_data else reference_fit
-    model, seconds = fit(cfg, matrices.train.values, matrices.valid, cfg.epochs)
+    model, seconds = reference_fit(cfg, matrices.train.values, matrices.valid, cfg.epochs, device_data=device_data)
     total = time.perf_counter() - tick
     per_epoch = median_after_warmup(seconds)
     gflop = gflop_per_epoch(cfg, matrices.train.shape)
@@ -151,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=5, help="epochs per case; the first is warm-up (default 5)")
     parser.add_argument("--batch-size", type=int, default=0, help="rows per step (default: the config's, 256)")
     parser.add_argument("--matmul-n", type=int, default=0, help="size of the matmul probe (default 8192 on an accelerator, 2048 on the CPU)")
-    parser.add_argument("--device-data", action="store_true", help="hold the matrices in the device's memory (PyTorch backend only)")
+    parser.add_argument("--device-data", action="store_true", help="hold the matrices in the device's memory (PyTorch or TensorFlow backend)")
     parser.add_argument("--json", action="store_true", help="end with one JSON object")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -166,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     problems += ["--epochs must be at least 2 (one warm-up epoch, then timed ones)"] * (args.epochs < 2)
     problems += ["--batch-size and --matmul-n must not be negative"] * (min(args.batch_size, args.matmul_n) < 0)
     problems += ["--shapes and --precisions must name at least one each"] * (not shapes or not precisions)
-    problems += [f"--device-data needs KERAS_BACKEND=torch, not {keras.backend.backend()}"] * (args.device_data and keras.backend.backend() != "torch")
+    # Keras turns JAX arrays back into NumPy before it slices them, so there --device-data would
+    # measure the host path under another name.
+    problems += ["--device-data needs KERAS_BACKEND=torch or tensorflow (Keras copies JAX arrays to the host)"] * (args.device_data and keras.backend.backend() == "jax")
     configs = {}
     for name in models:
         for precision in precisions:

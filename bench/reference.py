@@ -71,37 +71,35 @@ class EpochClock(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def reference_model(cfg: TrainConfig, n_cols: int) -> keras.Model:
-    """The registry's model for rows of `n_cols` ratings, under the config's precision, compiled the
-    notebook's way: its masked loss and a plain Keras optimizer. Seeded by the config."""
-    keras.utils.set_random_seed(cfg.seed)
-    keras.mixed_precision.set_global_policy("mixed_bfloat16" if cfg.precision == "bfloat16" else "float32")
-    try:
-        model = MODELS[cfg.model](cfg, n_cols, n_cols)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-    optimizer = keras.optimizers.Adam(learning_rate=cfg.lr) if cfg.optimizer == "adam" else keras.optimizers.SGD(learning_rate=cfg.lr, momentum=cfg.momentum)
-    model.compile(optimizer=optimizer, loss=notebook_masked_mse)
-    return model
-
-
 def reference_fit(
     cfg: TrainConfig,
     train: sp.csr_matrix,
     valid: sp.csr_matrix | None,
     epochs: int,
     on_epoch: Callable[[int, keras.Model], bool] | None = None,
+    device_data: bool = False,
 ) -> tuple[keras.Model, list[float]]:
     """Train like the notebook: dense matrices, `Model.fit(x, x, validation_data=(x, valid))`.
 
     Returns the model and the seconds of each epoch. `on_epoch(epoch, model)` returning True stops.
     With `valid=None` there is no validation pass (the caller's `on_epoch` evaluates instead).
     Only zero fill and no input noise: that is all the notebook's loss and input could express.
+    With `device_data`, the matrices are the backend's tensors on its default device instead of
+    NumPy arrays: Keras slices PyTorch and TensorFlow tensors where they live, so on a GPU no batch
+    is copied from the host (it turns JAX arrays back into NumPy, so there it changes nothing).
     """
-    model = reference_model(cfg, train.shape[1])
-    x = train.toarray()
+    keras.utils.set_random_seed(cfg.seed)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if cfg.precision == "bfloat16" else "float32")
+    try:
+        model = MODELS[cfg.model](cfg, train.shape[1], train.shape[1])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    optimizer = keras.optimizers.Adam(learning_rate=cfg.lr) if cfg.optimizer == "adam" else keras.optimizers.SGD(learning_rate=cfg.lr, momentum=cfg.momentum)
+    model.compile(optimizer=optimizer, loss=notebook_masked_mse)
+    as_data = keras.ops.convert_to_tensor if device_data else (lambda dense: dense)
+    x = as_data(train.toarray())
     clock = EpochClock(on_epoch)
-    validation = None if valid is None else (x, valid.toarray())
+    validation = None if valid is None else (x, as_data(valid.toarray()))
     model.fit(x, x, batch_size=cfg.batch_size, epochs=epochs, validation_data=validation, shuffle=True, verbose=0, callbacks=[clock])
     return model, clock.seconds
 
