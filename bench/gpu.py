@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"summary: {len(cases)} cases on {device} ({result['backend']}), {min(c['seconds_per_epoch'] for c in cases.values()):.3f}-"
         f"{max(c['seconds_per_epoch'] for c in cases.values()):.3f} s per epoch, best efficiency "
-        f"{max(c['efficiency'] for c in cases.values()):.1%}, device peak {result['device_peak_gib']} GiB"
+        f"{max(c['efficiency'] for c in cases.values()):.1%}"
+        + ("" if result["device_peak_gib"] is None else f", device peak {result['device_peak_gib']} GiB")
     )
     if args.json:
         print(json.dumps(result))
