@@ -121,7 +121,7 @@ def matmul_gflops(dtype: str, n: int = 2048, repeats: int = 10, warmup_seconds: 
         return ops.convert_to_numpy(ops.cast(ops.matmul(x, y)[0, :1], "float32"))
 
     warm_until, calls = time.perf_counter() + warmup_seconds, 0
-    while calls < 3 or time.perf_counter() < warm_until:  # the first call also traces
+    while calls < 3 or time.perf_counter() < warm_until:  # the first calls also pick (or compile) kernels
         matmul(a, b)
         calls += 1
     times = []

@@ -26,7 +26,6 @@ import statistics
 import subprocess
 import sys
 
-
 from reference import SPEED_MODELS, load_dataset_or_exit, gflop_per_epoch, matmul_gflops, median_after_warmup, reference_fit
 
 from deeprec import datasets
