@@ -173,7 +173,7 @@ FIELD_DOCS: dict[str, str] = {
     "epochs": "int — maximum number of epochs",
     "patience": "int — stop after this many epochs without a better validation RMSE (0: never stop early); the best weights are restored",
     "seed": "int — seed of weight initialisation, shuffling and noise (the split has its own, the report's)",
-    "precision": "str — float32 | bfloat16 (mixed precision: bfloat16 compute, float32 weights)",
+    "precision": "str — float32 | bfloat16 (mixed precision: bfloat16 compute, float32 weights; slower than float32 on CPUs without bfloat16 instructions, which training warns about)",
     "groups": "str — none | age-gender | age-gender:LABEL (e.g. M-25) | kmeans:K: one model per user group, evaluated overall and per group",
     "loss": "str — how the masked squared errors of a batch are averaged: rating (every rating weighs the same) | row (per row first, as the original Keras notebooks did; every user or item weighs the same)",
 }

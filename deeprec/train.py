@@ -10,6 +10,7 @@ one batch at a time otherwise.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import math
@@ -85,8 +86,38 @@ def limit_threads(threads: int) -> None:
         log.debug("TensorFlow is already initialised; its thread pools keep their size")
 
 
+# CPU flags (Linux's /proc/cpuinfo) of native bfloat16 arithmetic: x86's AVX-512 BF16 and AMX, Arm's BF16.
+NATIVE_BFLOAT16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
+    """Whether the CPU lists a bfloat16 instruction flag; None where the flags cannot be read."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):  # x86, Arm
+                    return not NATIVE_BFLOAT16_FLAGS.isdisjoint(value.split())
+    except OSError:
+        return None
+    return None
+
+
+@functools.cache
+def warn_if_bfloat16_is_emulated() -> None:
+    """Warn (once per process) that mixed bfloat16 will be slow: without bfloat16 instructions
+    TensorFlow converts to float32 and back around every product, and on an AVX2 host every model's
+    epoch took 15-21% longer than in float32 (README, Performance)."""
+    if tf.config.list_physical_devices("GPU"):
+        return
+    if cpu_has_native_bfloat16() is False:
+        log.warning("precision bfloat16 on a CPU without bfloat16 instructions (no %s flag): expect slower epochs than float32", "/".join(sorted(NATIVE_BFLOAT16_FLAGS)))
+
+
 def build_model(cfg: TrainConfig, data: TrainingData) -> keras.Model:
     """The registry model for this data, under the config's precision policy."""
+    if cfg.precision == "bfloat16":
+        warn_if_bfloat16_is_emulated()
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if cfg.precision == "bfloat16" else "float32")
     try:
         return MODELS[cfg.model](cfg, data.n_inputs, data.train.shape[1])

@@ -19,7 +19,8 @@ from deeprec.matrix import NAMED_FILLS, build_matrices
 from deeprec.models import MODELS, untie
 from deeprec.ratings import Ratings
 from deeprec.splits import holdout_split
-from deeprec.train import BestWeights, TrainingData, TrainingDiverged, fit, observed_errors, predict_rows
+from deeprec import train
+from deeprec.train import BestWeights, TrainingData, TrainingDiverged, cpu_has_native_bfloat16, fit, observed_errors, predict_rows
 
 
 @pytest.fixture(scope="module")
@@ -246,6 +247,44 @@ def test_the_cached_evaluation_equals_the_numpy_one(tiny_prepared, side: str, bl
     for name in expected:
         assert got[name] == pytest.approx(expected[name], rel=1e-6)
         assert 0.1 < got[name] < 4.0
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "native"),
+    [
+        ("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16\n", True),  # AVX-512 BF16
+        ("processor\t: 0\nflags\t\t: fpu sse2 avx2 amx_bf16 amx_tile\n", True),  # AMX
+        ("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma f16c\n", False),  # AVX2 only
+        ("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n", True),  # Arm
+        ("processor\t: 0\nFeatures\t: fp asimd evtstrm crc32\n", False),
+        ("processor\t: 0\nvendor_id\t: Unknown\n", None),  # no flags line
+    ],
+)
+def test_cpu_bfloat16_flags(tmp_path, cpuinfo, native) -> None:
+    path = tmp_path / "cpuinfo"
+    path.write_text(cpuinfo)
+    assert cpu_has_native_bfloat16(str(path)) is native
+    assert cpu_has_native_bfloat16(str(tmp_path / "missing")) is None
+
+
+def test_bfloat16_on_an_emulating_cpu_warns_once(tiny_prepared, monkeypatch, caplog) -> None:
+    data = tiny_prepared[("user", "zero", "none")].data
+    monkeypatch.setattr(train, "cpu_has_native_bfloat16", lambda: False)
+    train.warn_if_bfloat16_is_emulated.cache_clear()
+    cfg = TrainConfig(orientation="user", arch="8", precision="bfloat16", epochs=1).validate()
+    with caplog.at_level("WARNING", logger="deeprec.train"):
+        train.build_model(cfg, data)
+        train.build_model(cfg, data)
+        train.build_model(cfg.replace(precision="float32"), data)
+    warnings = [r.getMessage() for r in caplog.records if "without bfloat16 instructions" in r.getMessage()]
+    assert len(warnings) == 1 and "avx512_bf16" in warnings[0]
+    monkeypatch.setattr(train, "cpu_has_native_bfloat16", lambda: True)
+    train.warn_if_bfloat16_is_emulated.cache_clear()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="deeprec.train"):
+        train.build_model(cfg, data)
+    assert not caplog.records
+    train.warn_if_bfloat16_is_emulated.cache_clear()
 
 
 def test_bfloat16_training_follows_float32(tiny_prepared) -> None:
