@@ -249,6 +249,30 @@ def test_the_cached_evaluation_equals_the_numpy_one(tiny_prepared, side: str, bl
         assert 0.1 < got[name] < 4.0
 
 
+ALLOCATOR_PROBE = """
+import deeprec, tensorflow as tf
+tf.ones([256, 256])
+try:
+    print(tf.config.experimental.get_memory_info("CPU:0")["peak"] > 0)
+except ValueError:  # TensorFlow's default CPU allocator keeps no statistics
+    print("default")
+"""
+
+
+@pytest.mark.parametrize(("preset", "expected"), [(None, "True"), ("false", "default")])
+def test_importing_deeprec_selects_tensorflows_bfc_cpu_allocator(preset, expected) -> None:
+    """The BFC allocator (the only CPU one with memory statistics) unless the user chose otherwise."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
+    if preset is not None:
+        env["TF_CPU_ALLOCATOR_USE_BFC"] = preset
+    probe = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert probe.stdout.split()[-1] == expected
+
+
 @pytest.mark.parametrize(
     ("cpuinfo", "native"),
     [
