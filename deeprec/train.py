@@ -105,9 +105,9 @@ def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
 
 @functools.cache
 def warn_if_bfloat16_is_emulated() -> None:
-    """Warn (once per process) that mixed bfloat16 will be slow: without bfloat16 instructions
-    TensorFlow converts to float32 and back around every product, and on an AVX2 host every model's
-    epoch took 15-21% longer than in float32 (README, Performance)."""
+    """Warn (once per process) that mixed bfloat16 will be slow: without bfloat16 instructions its
+    matrix products run no faster than float32's while the policy adds casts, and on an AVX2 host
+    every model's epoch took 8-23% longer than in float32 (README, Performance)."""
     if tf.config.list_physical_devices("GPU"):
         return
     if cpu_has_native_bfloat16() is False:
