@@ -3,7 +3,9 @@
 For each row: the published value, ours as mean ± std over seeds (population std, ddof=0) of
 `test_rmse_user_avg` (the report's per-user-averaged metric) and `test_rmse` (per rating), and
 the difference on the experiment's metric (ours − published; negative is better), and what the
-runs cost here: their mean best epoch and wall minutes, and the total run time of the table. Full
+runs cost here: their mean best epoch and wall minutes, and the total run time of the table. A
+cross-validation row (`cv:` in the experiment file) reports its fold ensemble's test metrics, or
+its refit's without `ensemble`, and its CV-chosen epochs as the best epoch. Full
 runs are used when a row has any; otherwise its smoke runs, marked as such — the two are never
 averaged together.
 """
@@ -54,16 +56,20 @@ def collect(experiment: Experiment) -> list[ReportRow]:
             log.warning("%s: %d finished run(s) trained an earlier config of this row; left out", row.name, len(named) - len(mine))
         full = [r for r in mine if r.data.tags.get(TAG_SMOKE) != "true"]
         chosen, smoke = (full, False) if full else (mine, bool(mine))
-        user_avg = [r.data.metrics["test_rmse_user_avg"] for r in chosen if "test_rmse_user_avg" in r.data.metrics]
-        rmse = [r.data.metrics["test_rmse"] for r in chosen if "test_rmse" in r.data.metrics]
+        user_avg = _logged(chosen, row.metric_key("test_rmse_user_avg"))
+        rmse = _logged(chosen, row.metric_key("test_rmse"))
         spread = user_avg if experiment.metric == "test_rmse_user_avg" else rmse
-        best_epochs = [r.data.metrics["best_epoch"] for r in chosen if "best_epoch" in r.data.metrics]
+        best_epochs = _logged(chosen, row.best_epoch_key)
         minutes = [(r.info.end_time - r.info.start_time) / 60_000 for r in chosen if r.info.end_time and r.info.start_time]
         rows.append(ReportRow(
             row.name, row.published, _mean(user_avg), _mean(rmse), float(np.std(spread)) if spread else None, len(chosen), smoke,
             _mean(best_epochs), _mean(minutes),
         ))
     return rows
+
+
+def _logged(runs: list, key: str) -> list[float]:
+    return [r.data.metrics[key] for r in runs if key in r.data.metrics]
 
 
 def _mean(values: list[float]) -> float | None:

@@ -20,6 +20,19 @@ and the row runs again. `--epochs`
 overrides every row's epochs for a quick smoke sweep: those runs are tagged smoke and the report
 never averages them with full runs.
 
+A row may be a cross-validation instead of one training run (the accuracy tables' fold ensembles):
+
+      - name: "masked, average of 10 fold models"
+        published: 0.831
+        params: {noise: mask, ...}
+        cv: {folds: 10, ensemble: true}   # folds >= 2; ensemble: false scores the refit alone
+
+Its run is `deeprec cv --folds K --refit [--ensemble]` nested under the sweep's parent (the fold
+and refit runs under it): the row's number is the fold models' average on the test split
+(`ensemble_test_rmse`, ...) with `ensemble: true`, otherwise the refit's `test_rmse`. It counts
+for the row only while its logged folds and ensemble are the row's too, and it is never copied
+from another sweep's run.
+
 Several tables share rows (each table of the report starts from the same baseline). A (row, seed)
 whose exact config already FINISHED as a full run of any sweep, on the same data (the ratings
 file's MD5), is not trained again: that run's params, per-epoch metrics, artifacts and wall times
@@ -52,10 +65,31 @@ TAG_REUSED = "deeprec.reused_from"
 
 
 @dataclass(frozen=True)
+class RowCV:
+    """A row scored by K-fold cross-validation: refit on all non-test ratings, and with
+    `ensemble` the average of the K fold models."""
+
+    folds: int
+    ensemble: bool
+
+    def metric_key(self, metric: str) -> str:
+        """Where the row's value of `metric` is logged on its run."""
+        return f"ensemble_{metric}" if self.ensemble else metric
+
+
+@dataclass(frozen=True)
 class Row:
     name: str
     published: float | None
     params: dict[str, str]
+    cv: RowCV | None = None
+
+    def metric_key(self, metric: str) -> str:
+        return metric if self.cv is None else self.cv.metric_key(metric)
+
+    @property
+    def best_epoch_key(self) -> str:
+        return "best_epoch" if self.cv is None else "cv_chosen_epochs"
 
 
 @dataclass(frozen=True)
@@ -98,23 +132,42 @@ def load_experiment(path: str | Path) -> Experiment:
     for i, item in enumerate(rows_doc, start=1):
         if not isinstance(item, dict) or "name" not in item:
             raise DeeprecError(f"{path}: row {i} needs a name")
-        extra = sorted(set(item) - {"name", "published", "params"})
+        where = f"row {item['name']!r}"
+        extra = sorted(set(item) - {"name", "published", "params", "cv"})
         if extra:
-            raise DeeprecError(f"{path}: row {item['name']!r}: unknown key {extra[0]!r}; expected name, published, params")
+            raise DeeprecError(f"{path}: {where}: unknown key {extra[0]!r}; expected name, published, params, cv")
         published = item.get("published")
         if published is not None and not isinstance(published, (int, float)):
-            raise DeeprecError(f"{path}: row {item['name']!r}: published must be a number or null")
-        rows.append(Row(str(item["name"]), None if published is None else float(published), _string_params(path, f"row {item['name']!r}", item.get("params") or {})))
+            raise DeeprecError(f"{path}: {where}: published must be a number or null")
+        row_cv = None if item.get("cv") is None else _row_cv(path, where, item["cv"])
+        rows.append(Row(str(item["name"]), None if published is None else float(published), _string_params(path, where, item.get("params") or {}), row_cv))
     names = [r.name for r in rows]
     if len(set(names)) != len(names):
         raise DeeprecError(f"{path}: row names must be unique")
     experiment = Experiment(name, str(doc.get("title", name)), metric, base, tuple(rows), path)
     for row in rows:
         try:
-            experiment.config(row)
+            cfg = experiment.config(row)
         except ConfigError as exc:
             raise DeeprecError(f"{path}: row {row.name!r}: {exc}") from None
+        if row.cv is not None and cfg.groups != "none":
+            raise DeeprecError(f"{path}: row {row.name!r}: cv trains one model per fold; use groups=none")
     return experiment
+
+
+def _row_cv(path: Path, where: str, doc: object) -> RowCV:
+    if not isinstance(doc, dict):
+        raise DeeprecError(f"{path}: {where}: cv must be a mapping like {{folds: 10, ensemble: true}}")
+    unknown = sorted(set(doc) - {"folds", "ensemble"})
+    if unknown:
+        raise DeeprecError(f"{path}: {where}: cv: unknown key {unknown[0]!r}; expected folds, ensemble")
+    folds, ensemble = doc.get("folds"), doc.get("ensemble", False)
+    # bool is an int in Python: `folds: true` is a typo, not one fold
+    if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
+        raise DeeprecError(f"{path}: {where}: cv: folds must be a whole number >= 2, got {folds!r}")
+    if not isinstance(ensemble, bool):
+        raise DeeprecError(f"{path}: {where}: cv: ensemble must be true or false, got {ensemble!r}")
+    return RowCV(folds, ensemble)
 
 
 def _string_params(path: Path, where: str, params: object) -> dict[str, str]:
@@ -162,10 +215,17 @@ def _run_job(job: Job) -> str:
         TAG_SMOKE: str(job.epochs is not None).lower(), TAG_KIND: "sweep-run",
     }
     started = time.perf_counter()
-    result = tracking.train_tracked(cfg, run_name=f"{row.name} · seed {cfg.seed}", tags=tags, parent_run_id=job.parent_run_id)
-    metric = result.metrics.get(experiment.metric, float("nan"))
-    best_epoch = result.metrics.get("best_epoch", float("nan"))
-    return f"{row.name} · seed {cfg.seed}: {experiment.metric} {metric:.4f}, best epoch {best_epoch:.0f}, {(time.perf_counter() - started) / 60:.1f} min"
+    run_name = f"{row.name} · seed {cfg.seed}"
+    if row.cv is None:
+        metrics = tracking.train_tracked(cfg, run_name=run_name, tags=tags, parent_run_id=job.parent_run_id).metrics
+    else:
+        _, result, test = tracking.track_cv(
+            cfg, row.cv.folds, refit=True, ensemble=row.cv.ensemble, run_name=run_name, tags=tags, parent_run_id=job.parent_run_id
+        )
+        metrics = {**result.metrics(), **test}
+    metric = metrics.get(row.metric_key(experiment.metric), float("nan"))
+    best_epoch = metrics.get(row.best_epoch_key, float("nan"))
+    return f"{run_name}: {row.metric_key(experiment.metric)} {metric:.4f}, best epoch {best_epoch:.0f}, {(time.perf_counter() - started) / 60:.1f} min"
 
 
 def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: int | None = None, reuse: bool = True) -> dict:
@@ -287,10 +347,19 @@ def logged_config(run) -> TrainConfig | None:
         return None
 
 
+def logged_cv(run) -> RowCV | None:
+    """The folds and ensemble a tracked cross-validation run logged; None for a training run."""
+    params = run.data.params
+    if "folds" not in params:
+        return None
+    return RowCV(int(params["folds"]), params.get("ensemble") == "True")
+
+
 def trained_row_config(run, experiment: Experiment, row: Row) -> bool:
-    """Whether a tracked sweep run trained `row`'s current config for its seed index."""
+    """Whether a tracked sweep run trained `row`'s current config for its seed index, the
+    same way (one training run, or the row's cross-validation)."""
     logged = logged_config(run)
-    if logged is None:
+    if logged is None or logged_cv(run) != row.cv:
         return False
     smoke = run.data.tags.get(TAG_SMOKE) == "true"
     try:
@@ -311,11 +380,15 @@ def _reuse_trained(experiment: Experiment, jobs: list[Job], parent_id: str) -> l
         filter_string=f"tags.`{TAG_KIND}` = 'sweep-run' and tags.`{TAG_SMOKE}` = 'false' and attributes.status = 'FINISHED'",
         output_format="list",
     )
-    trained = [(config, run) for run in runs if (config := logged_config(run)) is not None]
+    # training runs only: a cross-validation run logs the same config but measured something else
+    trained = [(config, run) for run in runs if logged_cv(run) is None and (config := logged_config(run)) is not None]
     digests: dict[str, str | None] = {}
     rows = {row.name: row for row in experiment.rows}
     left = []
     for job in jobs:
+        if rows[job.row].cv is not None:  # copies are of single runs, not of a CV run with its nested ones
+            left.append(job)
+            continue
         cfg = experiment.config(rows[job.row], job.seed_index)
         if cfg.dataset not in digests:
             digests[cfg.dataset] = datasets.local_ratings_digest(datasets.get_spec(cfg.dataset))

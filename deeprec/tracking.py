@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,22 +157,29 @@ def fold_figure(folds: list[cv.FoldResult]) -> Figure:
 
 
 def track_cv(
-    cfg: TrainConfig, folds: int, refit: bool = False, run_name: str | None = None, ensemble: bool = False
+    cfg: TrainConfig,
+    folds: int,
+    refit: bool = False,
+    run_name: str | None = None,
+    ensemble: bool = False,
+    tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
 ) -> tuple[str, cv.CVResult, dict[str, float]]:
     """One parent run (mean ± std over folds, per-fold metrics with step=fold, a fold plot) and one
     nested run per fold with its per-epoch curves; with `refit`, a nested "refit" run trained on
     all non-test ratings for the CV-chosen epochs and evaluated on the test split once; with
-    `ensemble`, the fold models' average scored on the test split (`ensemble_*` on the parent)."""
+    `ensemble`, the fold models' average scored on the test split (`ensemble_*` on the parent).
+    `tags` are added to the parent's (a sweep's row); `parent_run_id` nests it under that run."""
     cfg.validate()
     dataset = experiment.datasets.load(experiment.datasets.get_spec(cfg.dataset))
     base, splits = cv.fold_splits(cfg, dataset, folds)
     results: list[cv.FoldResult] = []
-    with mlflow.start_run(run_name=run_name or f"cv {folds} folds") as parent:
+    with mlflow.start_run(run_name=run_name or f"cv {folds} folds", parent_run_id=parent_run_id) as parent, killed_on_interrupt():
         log_config(cfg)
         mlflow.log_params({"folds": folds, "ensemble": ensemble})
-        mlflow.set_tags(run_tags(cfg, dataset, {"deeprec.kind": "cv"}))
+        mlflow.set_tags(run_tags(cfg, dataset, {"deeprec.kind": "cv", **(tags or {})}))
         for fold, split in enumerate(splits):
-            with mlflow.start_run(run_name=f"fold {fold + 1}/{folds}", nested=True):
+            with mlflow.start_run(run_name=f"fold {fold + 1}/{folds}", nested=True), killed_on_interrupt():
                 log_config(cfg)
                 mlflow.log_param("fold", fold + 1)
                 mlflow.set_tags(run_tags(cfg, dataset, {"deeprec.kind": "cv-fold"}))
@@ -196,10 +205,22 @@ def track_cv(
         return parent.info.run_id, summary, test_metrics
 
 
+@contextmanager
+def killed_on_interrupt() -> Iterator[None]:
+    """End the active run KILLED when Ctrl-C or SIGTERM (`interrupts`) stops it: left to MLflow's
+    `start_run` context, it would end FAILED. Inside nested runs, each level ends its own."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        mlflow.set_tag("failure", "interrupted by the user")
+        mlflow.end_run("KILLED")
+        raise
+
+
 def tracked_refit(cfg: TrainConfig, epochs: int, dataset, tags: dict[str, str] | None = None) -> tuple[str, dict[str, float]]:
     """A run (nested under the active one, if any): train on all non-test ratings for `epochs`,
     evaluate on the test split once. Returns its run id and test metrics."""
-    with mlflow.start_run(run_name="refit", nested=True) as run:
+    with mlflow.start_run(run_name="refit", nested=True) as run, killed_on_interrupt():
         refit_cfg = cfg.replace(epochs=epochs, patience=0)
         log_config(refit_cfg)
         mlflow.set_tags(run_tags(cfg, dataset, {"deeprec.kind": "refit", **(tags or {})}))
