@@ -43,6 +43,13 @@ def test_the_report_tables_are_all_there() -> None:
         ("name: x\nrows: [{name: a}, {name: a}]\n", "row names must be unique"),
         ("name: x\nrows: [{name: a, seeds: 3}]\n", "unknown key 'seeds'"),
         ("name: [unclosed\n", "not valid YAML"),
+        ("name: x\nrows: [{name: a, cv: 5}]\n", "row 'a': cv must be a mapping"),
+        ("name: x\nrows: [{name: a, cv: {folds: 1}}]\n", "row 'a': cv: folds must be a whole number >= 2, got 1"),
+        ("name: x\nrows: [{name: a, cv: {folds: true}}]\n", "cv: folds must be a whole number >= 2, got True"),
+        ("name: x\nrows: [{name: a, cv: {ensemble: true}}]\n", "cv: folds must be a whole number >= 2, got None"),
+        ("name: x\nrows: [{name: a, cv: {folds: 3, ensemble: maybe}}]\n", "cv: ensemble must be true or false, got 'maybe'"),
+        ("name: x\nrows: [{name: a, cv: {folds: 3, repeats: 2}}]\n", "cv: unknown key 'repeats'"),
+        ("name: x\nrows: [{name: a, params: {groups: age-gender}, cv: {folds: 3}}]\n", "row 'a': cv trains one model per fold; use groups=none"),
     ],
 )
 def test_bad_experiment_files(tmp_path: Path, text: str, message: str) -> None:
@@ -170,17 +177,68 @@ def test_a_row_another_sweep_trained_is_copied_not_trained_again(workspace: Path
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["reused"] == 0
 
 
+def test_a_cross_validation_row(workspace: Path, capsys: pytest.CaptureFixture) -> None:
+    """A `cv:` row runs `deeprec cv --refit --ensemble` under the sweep's parent, the report shows
+    its fold ensemble, and it is neither copied into nor copied from a training row."""
+    path = workspace / "tiny.yaml"
+    assert main(["sweep", "tiny.yaml", "--json"]) == 0  # the training rows first: they must not stand in for the cv row
+    capsys.readouterr()
+    path.write_text(path.read_text() + "  - {name: folds, published: 0.85, params: {fill: zero, lr: 0.05, epochs: 8}, cv: {folds: 3, ensemble: true}}\n")
+    assert main(["sweep", "tiny.yaml", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["ran"], summary["reused"], summary["skipped"]) == (1, 0, 2)
+
+    client = MlflowClient()
+    (run,) = client.search_runs(["0"], f"tags.`{TAG_SWEEP}` = 'tiny' and tags.`{TAG_ROW}` = 'folds'")
+    assert run.data.tags["mlflow.parentRunId"] == summary["parent_run_id"] and run.info.run_name == "folds · seed 42"
+    assert (run.data.params["folds"], run.data.params["ensemble"], run.data.params["lr"]) == ("3", "True", "0.05")
+    nested = client.search_runs(["0"], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+    assert sorted(r.info.run_name for r in nested) == ["fold 1/3", "fold 2/3", "fold 3/3", "refit"]
+    metrics = run.data.metrics
+    assert metrics["ensemble_test_rmse"] != metrics["test_rmse"]  # the fold average, not the refit
+
+    assert main(["report", "tiny.yaml", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]}
+    assert rows["folds"]["measured_rmse"] == pytest.approx(metrics["ensemble_test_rmse"])
+    assert rows["folds"]["measured_user_avg"] == pytest.approx(metrics["ensemble_test_rmse_user_avg"])
+    assert rows["folds"]["best_epoch"] == metrics["cv_chosen_epochs"] and rows["folds"]["runs"] == 1
+    zero = client.search_runs(["0"], f"tags.`{TAG_SWEEP}` = 'tiny' and tags.`{TAG_ROW}` = 'zero'")[0]
+    assert rows["zero"]["measured_user_avg"] == pytest.approx(zero.data.metrics["test_rmse_user_avg"])
+
+    # Without `ensemble` the row is the refit alone: a changed cv block is another row's config.
+    path.write_text(path.read_text().replace("cv: {folds: 3, ensemble: true}", "cv: {folds: 2}"))
+    assert main(["sweep", "tiny.yaml", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["ran"] == 1
+    assert main(["report", "tiny.yaml", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]}
+    refit_only = next(r for r in client.search_runs(["0"], f"tags.`{TAG_ROW}` = 'folds'") if r.data.params["folds"] == "2")
+    assert "ensemble_test_rmse" not in refit_only.data.metrics
+    assert rows["folds"]["runs"] == 1 and rows["folds"]["measured_rmse"] == pytest.approx(refit_only.data.metrics["test_rmse"])
+
+    # A training row with the cv row's config, in another sweep, is trained, not copied from it.
+    (workspace / "other.yaml").write_text(path.read_text().replace("name: tiny", "name: other").replace(", cv: {folds: 2}", ""))
+    assert main(["sweep", "other.yaml", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["reused"], summary["ran"]) == (2, 1)  # zero and average copied; folds, now a training row, trained
+    (copy_of_none,) = client.search_runs(["0"], f"tags.`{TAG_SWEEP}` = 'other' and tags.`{TAG_ROW}` = 'folds'")
+    assert TAG_REUSED not in copy_of_none.data.tags and "folds" not in copy_of_none.data.params
+
+
 @pytest.mark.parametrize("parallel", [1, 2])
 def test_a_terminated_sweep_marks_its_runs_killed_and_starts_no_more(workspace: Path, parallel: int) -> None:
     """SIGTERM (kill, a scheduler, the end of a session) stops a sweep like Ctrl-C: the runs in
-    progress end KILLED, not RUNNING for ever, and no queued row starts."""
+    progress end KILLED, not RUNNING for ever, and no queued row starts. The first row is a
+    cross-validation, whose fold run ends KILLED too."""
     import signal
     import subprocess
     import sys
     import time
 
     path = workspace / "tiny.yaml"
-    path.write_text(path.read_text().replace("epochs: 3", "epochs: 100000") + "  - {name: third, published: null, params: {arch: '5'}}\n")
+    path.write_text(
+        path.read_text().replace("epochs: 3", "epochs: 100000").replace("params: {fill: zero}}", "params: {fill: zero}, cv: {folds: 2}}")
+        + "  - {name: third, published: null, params: {arch: '5'}}\n"
+    )
     sweep = subprocess.Popen([sys.executable, "-m", "deeprec", "sweep", "tiny.yaml", "--max-parallel", str(parallel)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     client = MlflowClient()
@@ -195,6 +253,9 @@ def test_a_terminated_sweep_marks_its_runs_killed_and_starts_no_more(workspace: 
     assert sweep.returncode == 130, err
     runs = client.search_runs(["0"], query)
     assert len(runs) == parallel and {r.info.status for r in runs} == {"KILLED"}, err
+    (cv_run,) = [r for r in runs if r.data.tags[TAG_ROW] == "zero"]
+    (fold,) = client.search_runs(["0"], f"tags.`mlflow.parentRunId` = '{cv_run.info.run_id}'")
+    assert fold.info.run_name == "fold 1/2" and fold.info.status == "KILLED" and cv_run.data.tags["failure"] == "interrupted by the user"
 
 
 def test_parallel_sweep_workers_get_their_share_of_the_cores() -> None:
