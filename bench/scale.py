@@ -9,7 +9,7 @@ holdout split, the CSR matrices, the model with its optimizer state and the per-
 Above deeprec's dense-cache budget (1 GiB) no dense user x item matrix is built: batches are
 densified from the CSR one at a time.
 
-    python bench/scale.py [--shapes ml-100k,ml-1m,ml-10m,ml-20m] [--epochs 2] [--optimizer lazy_adam] [--quick] [--json]
+    python bench/scale.py [--shapes ml-100k,ml-1m,ml-10m,ml-20m] [--epochs 2] [--quick] [--json]
 
 `--quick`: ML-100K and ML-1M shapes only. ML-20M takes several minutes per orientation on 2 cores.
 
@@ -17,8 +17,7 @@ It also counts what an epoch's optimizer updates must touch, which bounds how ti
 updates every column of both kernels (their rows of the first kernel, columns of the output one)
 at every step, (rows / batch) x columns per epoch; a lazy optimizer that updated only the columns
 a batch has ratings in would still touch the sum over batches of those, which this counts on the
-epoch's shuffled batches. `--optimizer lazy_adam` trains with that optimizer (deeprec's), on the
-sparse rows at every shape.
+epoch's shuffled batches.
 """
 
 from __future__ import annotations
@@ -87,7 +86,7 @@ def columns_per_epoch(csr: sp.csr_matrix, batch_size: int, seed: int = 0) -> tup
     return steps * csr.shape[1], touched
 
 
-def run_case(data_file: Path, orientation: str, epochs: int, optimizer: str = "adam") -> dict:
+def run_case(data_file: Path, orientation: str, epochs: int) -> dict:
     """Train in this process (the child): seconds per epoch and peak RSS."""
     from deeprec.config import TrainConfig
     from deeprec.matrix import build_matrices
@@ -99,8 +98,8 @@ def run_case(data_file: Path, orientation: str, epochs: int, optimizer: str = "a
     arrays = np.load(data_file)
     ratings = Ratings(arrays["users"], arrays["items"], arrays["ratings"], None, (1.0, 5.0), data_file)
     split = make_split("holdout", ratings.users)
-    cfg = TrainConfig(orientation=orientation, epochs=epochs, patience=0, optimizer=optimizer).validate()
-    matrices = build_matrices(ratings, split, cfg.orientation, cfg.fill, dense_cache=False if optimizer == "lazy_adam" else None)
+    cfg = TrainConfig(orientation=orientation, epochs=epochs, patience=0).validate()
+    matrices = build_matrices(ratings, split, cfg.orientation, cfg.fill)
     setup = time.perf_counter() - tick
     setup_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     updated, touched = columns_per_epoch(matrices.train.values, cfg.batch_size)
@@ -129,13 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, from {', '.join(SHAPES)}")
     parser.add_argument("--epochs", type=int, default=0, help="epochs per case (default: 3 up to ML-1M size, 1 above)")
     parser.add_argument("--quick", action="store_true", help="ML-100K and ML-1M shapes only")
-    parser.add_argument("--optimizer", default="adam", choices=("adam", "lazy_adam"), help="deeprec's optimizer to train with (default: adam)")
     parser.add_argument("--json", action="store_true", help="end with one JSON object")
     parser.add_argument("--child", nargs=3, metavar=("DATA", "ORIENTATION", "EPOCHS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         logging.basicConfig(level=logging.WARNING)
-        print(json.dumps(run_case(Path(args.child[0]), args.child[1], int(args.child[2]), args.optimizer)))
+        print(json.dumps(run_case(Path(args.child[0]), args.child[1], int(args.child[2]))))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     shapes = ["ml-100k", "ml-1m"] if args.quick else [s.strip() for s in args.shapes.split(",") if s.strip()]
@@ -155,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             epochs = args.epochs or (3 if n_ratings <= 1_500_000 else 1)
             for orientation in ORIENTATIONS:
                 child = subprocess.run(
-                    [sys.executable, __file__, "--child", str(data_file), orientation, str(epochs), "--optimizer", args.optimizer],
+                    [sys.executable, __file__, "--child", str(data_file), orientation, str(epochs)],
                     capture_output=True, text=True,
                 )
                 if child.returncode != 0:
@@ -191,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             f" (updated columns ^{growth['updated_columns_vs_ratings']:.2f}, touched ^{growth['touched_columns_vs_ratings']:.2f})"
         )
     peak = max(c["peak_rss_gib"] for n, c in results.items() if not n.startswith("growth"))
-    print(f"summary: {args.optimizer}: {'; '.join(summary)}; peak memory {peak:.2f} GiB")
+    print(f"summary: {'; '.join(summary)}; peak memory {peak:.2f} GiB")
     if args.json:
         print(json.dumps(results))
     return 0

@@ -23,7 +23,7 @@ ACTIVATIONS = ("sigmoid", "identity", "relu", "elu", "selu", "lrelu", "tanh")
 NOISES = ("none", "gaussian", "dropout", "mask")
 LOSS_AVERAGES = ("rating", "row")  # deeprec.losses.LOSSES
 SIDE_INFO = ("none", "user", "item")
-OPTIMIZERS = ("adam", "lazy_adam", "sgd", "momentum", "rmsprop")
+OPTIMIZERS = ("adam", "sgd", "momentum", "rmsprop")
 PRECISIONS = ("float32", "bfloat16")
 
 
@@ -112,8 +112,6 @@ class TrainConfig:
             with_side = ", ".join(name for name, spec in datasets.DATASETS.items() if spec.side_info)
             raise ConfigError(f"side_info: {self.dataset} has no {self.side_info} side information; datasets with it: {with_side}")
         _choice("optimizer", self.optimizer, OPTIMIZERS)
-        if self.optimizer == "lazy_adam":
-            self._check_lazy_adam()
         _positive("lr", self.lr)
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"momentum: must be in [0, 1), got {self.momentum}")
@@ -132,27 +130,6 @@ class TrainConfig:
         if kind == "age-gender" and (self.dataset.startswith("csv:") or datasets.DATASETS[self.dataset].side_info is None):
             raise ConfigError(f"groups: {self.dataset} has no user demographics for age-gender groups; use kmeans:K")
         return self
-
-    def _check_lazy_adam(self) -> None:
-        """lazy_adam trains on the sparse path (deeprec/sparse.py), so only what it computes."""
-        conflicts = [
-            f"{name}={value}"
-            for name, value, allowed in [
-                ("fill", self.fill, self.fill == "zero"),
-                ("noise", self.noise, self.noise in ("none", "dropout", "mask")),
-                ("refeed", self.refeed, self.refeed == 0),
-                ("side_info", self.side_info, self.side_info == "none"),
-                ("tied", self.tied, not self.tied),
-                ("precision", self.precision, self.precision == "float32"),
-                ("loss", self.loss, self.loss == "rating"),
-            ]
-            if not allowed
-        ]
-        if conflicts:
-            raise ConfigError(
-                f"optimizer: lazy_adam trains on sparse rows, which need fill=zero, noise none/dropout/mask, refeed=0, "
-                f"side_info=none, an untied float32 model and loss=rating; got {', '.join(conflicts)}"
-            )
 
     def to_params(self) -> dict[str, str]:
         """Flat string params for MLflow (same names as MLproject); an unset l2_decoder is "same"."""
@@ -189,7 +166,7 @@ FIELD_DOCS: dict[str, str] = {
     "tied": "bool — constrained decoder: decoder weights are the encoder weights transposed (NVIDIA); arch must be a palindrome",
     "refeed": "int — dense re-feeding steps per batch (NVIDIA): the dense output is fed back as input and target",
     "side_info": "str — none | user | item: one-hot side features concatenated to each input row (must match orientation)",
-    "optimizer": "str — adam | lazy_adam (Adam on the columns a batch has ratings in; trains on sparse rows) | sgd | momentum (SGD with `momentum`) | rmsprop",
+    "optimizer": "str — adam | sgd | momentum (SGD with `momentum`) | rmsprop",
     "lr": "float — learning rate (> 0)",
     "momentum": "float — momentum for the momentum optimizer, in [0, 1)",
     "batch_size": "int — rows per training batch",

@@ -54,9 +54,7 @@ def prepare(cfg: TrainConfig, dataset: datasets.Dataset | None = None, split: Sp
         dataset = datasets.load(datasets.get_spec(cfg.dataset))
     if split is None:
         split = make_split(cfg.split, dataset.ratings.users)
-    # lazy_adam trains on the CSR rows: no dense copy of the matrix for it.
-    dense_cache = False if cfg.optimizer == "lazy_adam" else None
-    matrices = build_matrices(dataset.ratings, split, orientation=cfg.orientation, fill=cfg.fill, dense_cache=dense_cache)
+    matrices = build_matrices(dataset.ratings, split, orientation=cfg.orientation, fill=cfg.fill)
     side = None
     if cfg.side_info != "none":
         table = dataset.user_features() if cfg.side_info == "user" else dataset.item_features()

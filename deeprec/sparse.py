@@ -15,10 +15,8 @@ loss needs the output only where a rating was observed. This path computes exact
 The loss (masked MSE per rating), the L2 penalties (the models' kernel regularizers, with their
 gradient 2·λ·W added by hand) and hence the gradients are the dense path's; only the random draws
 of input noise differ. The two outer layers' work grows with the number of ratings instead of
-users x items; Adam's update still covers every weight at every step, which is what grows faster
-than the ratings at ML-20M's shape (README, "Scale"). With `lazy_adam` the step reads and updates
-only the rows of the batch's columns in the first kernel, the output kernel and its bias
-(`SparseStepper._lazy_step`). It applies to zero fill, no or
+users x items; the optimizer's update still covers every weight at every step, which is what
+grows faster than the ratings at ML-20M's shape (README, "Scale"). It applies to zero fill, no or
 dropout/mask input noise, no dense re-feeding, no side information, untied float32 models
 (`supports`); anything else trains densely.
 """
@@ -163,12 +161,10 @@ class SparseModel:
         first_at, output_at = model.layers.index(self.first), model.layers.index(self.output)
         self.middle = model.layers[first_at + 1 : output_at]
 
-    def hidden(self, positions: tf.Tensor, columns: tf.Tensor, values: tf.Tensor, n_rows: tf.Tensor, training: bool, kernel: tf.Tensor | None = None) -> tf.Tensor:
-        """The last hidden layer's output for `n_rows` rows given their observed inputs. `kernel`:
-        the first kernel's rows that `columns` index (the lazy step's), instead of the whole kernel."""
-        kernel = tf.convert_to_tensor(self.first.kernel.value) if kernel is None else kernel
-        shape = tf.stack([n_rows, tf.cast(tf.shape(kernel)[0], tf.int64)])
-        x = self.first.activation(_first_layer_product(positions, columns, values, shape, kernel) + self.first.bias)
+    def hidden(self, positions: tf.Tensor, columns: tf.Tensor, values: tf.Tensor, n_rows: tf.Tensor, training: bool) -> tf.Tensor:
+        """The last hidden layer's output for `n_rows` rows given their observed inputs."""
+        shape = tf.stack([n_rows, tf.cast(tf.shape(self.first.kernel)[0], tf.int64)])
+        x = self.first.activation(_first_layer_product(positions, columns, values, shape, tf.convert_to_tensor(self.first.kernel.value)) + self.first.bias)
         for layer in self.middle:
             x = layer(x, training=training)
         return x
@@ -234,12 +230,7 @@ class SparseStepper:
         # their gradient is added by hand (see l2_penalties); the output kernel's is the copy's
         self.penalties = [(self.output_kernel_t if kernel is output.kernel else kernel, l2) for kernel, l2 in l2_penalties(model)]
         self.optimizer.build(self.weights)
-        # lazy_adam: the step works on the rows of the batch's columns only (`_lazy_step`).
-        self.lazy = cfg.optimizer == "lazy_adam"
-        # The penalties of the kernels whose rows are columns (the first kernel and the output
-        # kernel's copy); the lazy step leaves them to `column_penalty`, once per epoch.
-        self.column_kernels = [self.sparse.first.kernel, self.output_kernel_t]
-        self.step = tf.function(self._lazy_step if self.lazy else self._step)
+        self.step = tf.function(self._step)
 
     def write_back(self) -> None:
         """Put the trained output kernel into the model."""
@@ -285,64 +276,6 @@ class SparseStepper:
             by_variable[id(kernel)] += (2.0 * l2) * kernel.value  # the penalty's gradient
         self.optimizer.apply([by_variable[id(v)] for v in self.weights], self.weights)
         return data_loss + penalty
-
-
-    def column_penalty(self) -> float:
-        """The L2 penalty of the first and output kernels, which the lazy step's loss leaves out
-        (a pass over both kernels per step would be the very work it saves); `fit` adds it to the
-        epoch's mean loss. 0 for the plain step, whose loss has every penalty."""
-        if not self.lazy:
-            return 0.0
-        return float(penalty_value([(kernel, l2) for kernel, l2 in self.penalties if any(kernel is k for k in self.column_kernels)]))
-
-    def _lazy_step(self, rows: tf.Tensor) -> tf.Tensor:
-        """`_step` on the rows of the first kernel, output kernel (copy) and output bias that
-        belong to the batch's columns: the products index a gathered copy of them, their gradients
-        (the L2 penalty's included) go to `LazyAdam` as IndexedSlices, and the other columns' rows
-        are not read. Work per step: the batch's ratings and columns, not all columns."""
-        positions, columns, values = self.rows.take(rows)
-        # Each distinct column once: `local` numbers the batch's columns 0..n-1 in `batch_columns`.
-        batch_columns, local = tf.unique(columns, out_idx=tf.int64)
-        output = self.sparse.output
-        first = self.sparse.first
-        lower = [v for v in self.weights if v is not self.output_kernel_t and v is not output.bias and v is not first.kernel]
-        n_rows = tf.cast(tf.shape(rows)[0], tf.int64)
-        n_columns = tf.cast(tf.size(batch_columns), tf.int64)
-        first_rows = tf.gather(first.kernel.value, batch_columns)
-        kernel_rows = tf.gather(self.output_kernel_t.value, batch_columns)
-        bias_rows = tf.gather(output.bias.value, batch_columns)
-        with tf.GradientTape() as tape:
-            tape.watch(first_rows)
-            hidden = self.sparse.hidden(positions, local, self._corrupt(values), n_rows, training=True, kernel=first_rows)
-        other_penalties = [(kernel, l2) for kernel, l2 in self.penalties if not any(kernel is k for k in self.column_kernels)]
-        raw = self.sparse.products(hidden, positions, local, kernel_rows, chunk=self.chunk_ratings)
-        with tf.GradientTape() as inner:
-            inner.watch([raw, bias_rows])
-            predictions = output.activation(raw + tf.gather(bias_rows, local))
-            data_loss = tf.reduce_sum(tf.square(values - predictions)) / tf.cast(tf.maximum(tf.size(values), 1), tf.float32)
-        d_raw, d_bias = inner.gradient(data_loss, [raw, bias_rows])
-        shape = tf.stack([n_rows, n_columns])
-        d_hidden = csr_product(positions, local, d_raw, shape, kernel_rows)
-        d_kernel_rows = csr_product(positions, local, d_raw, shape, hidden, transpose=True)
-        grads = tape.gradient(hidden, [first_rows, *lower], output_gradients=d_hidden)
-        d_first_rows = tf.convert_to_tensor(grads[0])
-        by_variable = {id(v): tf.zeros(v.shape) if g is None else tf.convert_to_tensor(g) for v, g in zip(lower, grads[1:])}
-        for kernel, l2 in self.penalties:
-            if kernel is first.kernel:
-                d_first_rows += (2.0 * l2) * first_rows
-            elif kernel is self.output_kernel_t:
-                d_kernel_rows += (2.0 * l2) * kernel_rows
-            else:
-                by_variable[id(kernel)] += (2.0 * l2) * kernel.value
-
-        def slices(values: tf.Tensor, variable: keras.Variable) -> tf.IndexedSlices:
-            return tf.IndexedSlices(values, batch_columns, tf.constant(tuple(variable.shape), tf.int64))
-
-        by_variable[id(first.kernel)] = slices(d_first_rows, first.kernel)
-        by_variable[id(self.output_kernel_t)] = slices(d_kernel_rows, self.output_kernel_t)
-        by_variable[id(output.bias)] = slices(tf.convert_to_tensor(d_bias), output.bias)
-        self.optimizer.apply([by_variable[id(v)] for v in self.weights], self.weights)
-        return data_loss + penalty_value(other_penalties)
 
 
 class SparseEvaluator:

@@ -357,11 +357,8 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
     targets = {"train_rmse": data.train.values, **({"valid_rmse": data.matrices.valid} if has_valid else {})}
     # Data too large for the dense cache trains on its CSR rows when the config allows (see sparse.py):
     # the outer layers' work then grows with the ratings, not with users x items.
-    # lazy_adam always does (its config is checked for it): its update needs the step's sparse gradients.
-    use_sparse = (data.train.dense_arrays is None or cfg.optimizer == "lazy_adam") and sparse.supports(cfg, data.train.fill_name, data.side is not None)
-    if cfg.optimizer == "lazy_adam" and not use_sparse:
-        raise ValueError(f"lazy_adam needs the sparse path; this training matrix has fill {data.train.fill_name!r} and side information {data.side is not None}")
-    cached = data.train.dense_arrays is not None and not use_sparse  # the dense cache: one compiled call per epoch
+    use_sparse = data.train.dense_arrays is None and sparse.supports(cfg, data.train.fill_name, data.side is not None)
+    cached = data.train.dense_arrays is not None  # the dense cache: one compiled call per epoch
     if use_sparse:
         log.info("training on sparse rows: %d x %d, %d ratings", *data.train.shape, data.train.nnz)
         train_rows = sparse.RaggedRows(data.train.values)
@@ -395,8 +392,6 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
                 losses.append(float(loss))
                 weights.append(len(rows))
             train_loss = float(np.average(losses, weights=weights))
-            if use_sparse:
-                train_loss += sparse_stepper.column_penalty()  # lazy_adam's steps leave it out
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training loss became {train_loss} at epoch {epoch}; try a lower lr, a smaller l2 or float32 precision")
         train_seconds = time.perf_counter() - tick

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from deeprec.config import TrainConfig
-from deeprec.optimizers import FusedAdam, LazyAdam, make_optimizer
+from deeprec.optimizers import FusedAdam, make_optimizer
 
 
 def _train(optimizer: keras.optimizers.Optimizer, gradients: list[list[object]], start: list[np.ndarray]) -> list[np.ndarray]:
@@ -37,31 +37,8 @@ def test_fused_adam_gives_sparse_gradients_to_keras_adam():
     assert fused[0][0, 0] < 0.9 - 1e-3 and fused[0][2, 0] == 1.0
 
 
-def test_lazy_adam_updates_the_named_rows_only():
-    start = [np.ones((4, 2), np.float32)]
-    slices = [[tf.IndexedSlices(tf.ones((1, 2)), tf.constant([row], tf.int64), tf.constant([4, 2], tf.int64))] for row in (0, 1)]
-    (lazy,) = _train(LazyAdam(learning_rate=0.1), slices, start)
-    # Row 0 stops after its step; row 1 takes Adam's second step from zero moments:
-    # lr·sqrt(1 - β2²)/(1 - β1²) · m/(sqrt(v) + ε) with m = 0.1, v = 0.001.
-    np.testing.assert_allclose(lazy[0], 1.0 - 0.1, rtol=1e-5)
-    np.testing.assert_allclose(lazy[1], 1.0 - 0.1 * np.sqrt(1 - 0.999**2) / (1 - 0.9**2) * 0.1 / (np.sqrt(0.001) + 1e-7), rtol=1e-5)
-    np.testing.assert_array_equal(lazy[2:], 1.0)
-
-
-def test_lazy_adam_on_every_row_in_any_order_is_adam():
-    rng = np.random.default_rng(1)
-    start = [rng.normal(size=(6, 3)).astype(np.float32)]
-    dense = [[tf.constant(rng.normal(size=(6, 3)).astype(np.float32))] for _ in range(8)]
-    permuted = []
-    for (grad,) in dense:
-        order = rng.permutation(6)
-        permuted.append([tf.IndexedSlices(tf.gather(grad, order), tf.constant(order, tf.int64), tf.constant([6, 3], tf.int64))])
-    np.testing.assert_allclose(_train(LazyAdam(learning_rate=0.01), permuted, start)[0], _train(FusedAdam(learning_rate=0.01), dense, start)[0], rtol=1e-5, atol=1e-6)
-
-
 def test_make_optimizer_names():
     assert isinstance(make_optimizer(TrainConfig(optimizer="adam", lr=0.01).validate()), FusedAdam)
-    assert isinstance(make_optimizer(TrainConfig(optimizer="lazy_adam", lr=0.01).validate()), LazyAdam)
     momentum = make_optimizer(TrainConfig(optimizer="momentum", lr=0.01, momentum=0.9).validate())
     assert isinstance(momentum, keras.optimizers.SGD) and momentum.momentum == 0.9
     assert isinstance(make_optimizer(TrainConfig(optimizer="rmsprop").validate()), keras.optimizers.RMSprop)

@@ -6,18 +6,16 @@ curve; and `fit` takes it exactly when the dense cache is off and the config all
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from deeprec import sparse
-from deeprec.config import ConfigError, TrainConfig
+from deeprec.config import TrainConfig
 from deeprec.losses import masked_mse
 from deeprec.matrix import build_matrices
 from deeprec.ratings import Ratings
 from deeprec.splits import holdout_split
-from deeprec.optimizers import make_optimizer
 from deeprec.train import TrainingData, build_model, fit, observed_errors, predict_rows
 
 
@@ -123,78 +121,17 @@ def test_evaluation_blocks_bound_rows_and_ratings() -> None:
     assert sparse._blocks(np.zeros(0, np.int64), 3, 6) == []
 
 
-SUPPORTED_CONFIGS = [
-    ({}, True), ({"noise": "mask", "noise_level": 0.2}, True), ({"noise": "dropout", "noise_level": 0.2}, True),
-    ({"fill": "row-mean"}, False), ({"loss": "row"}, False), ({"fill": "3"}, False), ({"noise": "gaussian", "noise_level": 0.1}, False),
-    ({"refeed": 1}, False), ({"tied": True}, False), ({"precision": "bfloat16"}, False),
-]
-
-
-@pytest.mark.parametrize(("overrides", "supported"), SUPPORTED_CONFIGS)
+@pytest.mark.parametrize(
+    ("overrides", "supported"),
+    [({}, True), ({"noise": "mask", "noise_level": 0.2}, True), ({"noise": "dropout", "noise_level": 0.2}, True),
+     ({"fill": "row-mean"}, False), ({"loss": "row"}, False), ({"fill": "3"}, False), ({"noise": "gaussian", "noise_level": 0.1}, False),
+     ({"refeed": 1}, False), ({"tied": True}, False), ({"precision": "bfloat16"}, False)],
+)
 def test_supports_only_what_it_computes_exactly(overrides: dict, supported: bool) -> None:
     cfg = TrainConfig(**overrides).validate()
     assert sparse.supports(cfg, cfg.fill, has_side=False) is supported
     assert not sparse.supports(cfg, cfg.fill, has_side=True)
     assert not sparse.supports(cfg, "row-mean", has_side=False)  # the matrix's fill decides
-
-
-@pytest.mark.parametrize(("overrides", "supported"), [*SUPPORTED_CONFIGS, ({"side_info": "item"}, False)])
-def test_lazy_adam_takes_exactly_the_configs_of_the_sparse_path(overrides: dict, supported: bool) -> None:
-    if supported:
-        TrainConfig(**overrides, optimizer="lazy_adam").validate()
-    else:
-        with pytest.raises(ConfigError, match=r"^optimizer: lazy_adam trains on sparse rows.*got " + next(iter(overrides))):
-            TrainConfig(**overrides, optimizer="lazy_adam").validate()
-
-
-def test_lazy_adam_trains_like_adam_when_every_batch_has_every_column(ratings: Ratings, caplog: pytest.LogCaptureFixture) -> None:
-    # Batches of 64 rows hold all 40 users (25 items): every column is in every batch, so the lazy
-    # update is Adam's, input noise, penalties and the deep model's middle layers included. The
-    # lazy run starts from a dense cache: it trains on the sparse rows all the same.
-    split = holdout_split(ratings.users)
-    models = {}
-    for optimizer in ("adam", "lazy_adam"):
-        cfg = TrainConfig(orientation="user", arch="6,4,6", l2=1e-3, noise="mask", noise_level=0.2, epochs=5, batch_size=64, patience=0, lr=0.05, optimizer=optimizer)
-        data = streamed(ratings, "user") if optimizer == "adam" else TrainingData(build_matrices(ratings, split, "user", "zero", dense_cache=True), ratings.scale)
-        with caplog.at_level("INFO", logger="deeprec.train"):
-            models[optimizer], history = fit(cfg.validate(), data)
-        assert "training on sparse rows" in caplog.text
-        caplog.clear()
-    assert history[-1]["train_rmse"] < history[0]["train_rmse"] - 0.1  # it learns
-    for adam_weight, lazy_weight in zip(models["adam"].get_weights(), models["lazy_adam"].get_weights()):
-        np.testing.assert_allclose(lazy_weight, adam_weight, atol=1e-5)
-
-
-def test_a_lazy_step_leaves_the_columns_outside_its_batch_alone(ratings: Ratings) -> None:
-    # One user's row holds 6-13 of the 25 items: the lazy step updates those items' rows of the
-    # first kernel, output kernel (its transposed copy) and output bias, with their moments, and
-    # reads nothing else; Adam's penalty and moments move every row.
-    data = streamed(ratings, "user")
-    rows = tf.constant([3, 17], tf.int64)
-    in_batch = np.unique(data.train.values[[3, 17]].indices)
-    outside = np.setdiff1d(np.arange(data.train.shape[1]), in_batch)
-    assert len(outside) > 0
-    after = {}
-    for optimizer in ("adam", "lazy_adam"):
-        cfg = TrainConfig(orientation="user", arch="6", l2=0.01, lr=0.01, optimizer=optimizer).validate()
-        keras.utils.set_random_seed(cfg.seed)
-        model = build_model(cfg, data)
-        stepper = sparse.SparseStepper(cfg, model, sparse.RaggedRows(data.train.values), make_optimizer(cfg))
-        column_weights = [stepper.sparse.first.kernel, stepper.output_kernel_t, stepper.sparse.output.bias]
-        before = [w.numpy().copy() for w in column_weights]
-        for _ in range(2):  # the second step: the moments of the first one carry Adam's rows on
-            loss = stepper.step(rows)
-        assert np.isfinite(float(loss))
-        after[optimizer] = [(w.numpy(), b) for w, b in zip(column_weights, before)]
-        moments = [stepper.optimizer._momentums[stepper.optimizer._get_variable_index(w)].numpy() for w in column_weights]
-        if optimizer == "lazy_adam":
-            for moment in moments:
-                assert not moment[outside].any() and moment[in_batch].any()
-    for (lazy, start), (adam, _), penalised in zip(after["lazy_adam"], after["adam"], (True, True, False)):
-        np.testing.assert_array_equal(lazy[outside], start[outside])
-        assert np.abs(lazy[in_batch] - start[in_batch]).max() > 1e-3
-        if penalised:  # the bias has no penalty: its gradient outside the batch is 0 under Adam too
-            assert np.abs(adam[outside] - start[outside]).max() > 1e-4
 
 
 def test_a_non_zero_fill_streams_dense_batches(ratings: Ratings, caplog: pytest.LogCaptureFixture) -> None:
