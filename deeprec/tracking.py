@@ -237,7 +237,7 @@ def train_tracked(
     """Prepare data, train, evaluate and log one run; return its id, final metrics and history."""
     cfg.validate()
     prepared = experiment.prepare(cfg)
-    with mlflow.start_run(run_name=run_name, nested=nested, parent_run_id=parent_run_id) as run:
+    with mlflow.start_run(run_name=run_name, nested=nested, parent_run_id=parent_run_id) as run, killed_on_interrupt():
         log_config(cfg)
         mlflow.set_tags(run_tags(cfg, prepared.dataset, tags))
         log_training_input(dataset_input(prepared))
@@ -257,9 +257,7 @@ def train_tracked(
             mlflow.end_run("FAILED")
             raise
         except KeyboardInterrupt:
-            mlflow.set_tag("failure", "interrupted by the user")
-            _log_partial(history)
-            mlflow.end_run("KILLED")
+            _log_partial(history)  # killed_on_interrupt ends the run KILLED
             raise
         mlflow.log_metrics(outcome.metrics)
         log_history(outcome.history)

@@ -89,7 +89,7 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_what_was_logged(workspace: Path, 
         tracking.train_tracked(TrainConfig(epochs=3, arch="4").validate())
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("ctrl-c").experiment_id])
-    assert run.info.status == "KILLED"
+    assert run.info.status == "KILLED" and run.data.tags["failure"] == "interrupted by the user"
     assert [m.value for m in client.get_metric_history(run.info.run_id, "valid_rmse")] == [1.1]
     assert "curves/rmse.png" in {a.path for a in client.list_artifacts(run.info.run_id, "curves")}
 
