@@ -89,10 +89,10 @@ class TrainConfig:
         except DeeprecError as exc:
             raise ConfigError(f"fill: {exc}") from None
         _choice("noise", self.noise, NOISES)
-        if self.noise == "gaussian":
-            _positive("noise_level", self.noise_level, allow_zero=True)
-        elif self.noise in ("dropout", "mask"):
+        if self.noise in ("dropout", "mask"):
             _fraction("noise_level", self.noise_level)
+        else:  # gaussian's std; with noise=none unused, but a negative or nan level is still a mistake
+            _positive("noise_level", self.noise_level, allow_zero=True)
         _fraction("dropout", self.dropout)
         _positive("l2", self.l2, allow_zero=True)
         if self.l2_decoder is not None:

@@ -16,6 +16,7 @@ and the fill value given to unobserved *input* entries.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -41,9 +42,11 @@ def check_fill(fill: str) -> str:
     if fill in NAMED_FILLS:
         return fill
     try:
-        float(fill)
+        value = float(fill)
     except ValueError:
         raise DeeprecError(f"unknown fill {fill!r}; choose one of {', '.join(NAMED_FILLS)} or a number such as 3") from None
+    if not math.isfinite(value):  # nan/inf inputs would only surface as a nan loss after loading and training
+        raise DeeprecError(f"fill {fill!r} is not a finite number; choose one of {', '.join(NAMED_FILLS)} or a number such as 3")
     return fill
 
 

@@ -165,8 +165,11 @@ def _first_line(path: Path, encoding: str) -> str:
 
 
 def _nth_line(path: Path, encoding: str, n: int) -> str | None:
-    with path.open(encoding=encoding, newline="") as handle:
-        return next(itertools.islice(handle, n - 1, n), None)
+    lines = _lines(path, encoding, skip=n - 1)  # the same one-line error for bytes that do not decode
+    try:
+        return next(lines, None)
+    finally:
+        lines.close()
 
 
 def sniff_separator(path: Path, first_line: str) -> str:

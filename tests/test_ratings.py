@@ -143,3 +143,14 @@ def test_csv_without_header_round_trips(tmp_path: Path, rows: np.ndarray) -> Non
     path = write_ratings_csv(tmp_path / "plain.csv", rows, header=False)
     ratings = read_ratings(path, scale=(1, 5))
     np.testing.assert_array_equal(ratings.items, rows[:, 1])
+
+
+@pytest.mark.parametrize("where", ["first", "later"])
+def test_bytes_that_are_not_utf8_name_the_file(tmp_path: Path, where: str) -> None:
+    """Where the separator is sniffed from the first line, a bad byte there gets the same one-line
+    error as one further down (it used to escape as a UnicodeDecodeError traceback)."""
+    good, bad = b"1,10,4,0\n", b"Jos\xe9,5,3,0\n"
+    path = tmp_path / "ratings.csv"
+    path.write_bytes(bad + good if where == "first" else good + bad)
+    with pytest.raises(DataFormatError, match=r"ratings\.csv: not utf-8 text: invalid continuation byte"):
+        read_ratings(path, RatingsFormat(encoding="utf-8"))  # what csv:PATH datasets read
