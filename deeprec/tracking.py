@@ -118,7 +118,16 @@ def log_history(history: list[dict]) -> None:
 
 
 def log_models(model, prepared: experiment.Prepared, cfg: TrainConfig) -> None:
-    """The Keras model (plain layers) with signature and example, and the pyfunc recommender."""
+    """The Keras model (plain layers) with signature and example, and the pyfunc recommender.
+
+    Ctrl-C or SIGTERM waits until both are written (a few seconds): MLflow marks a logged model
+    FAILED only on an Exception, so an interrupt inside `log_model` would leave a PENDING model
+    without files that `deeprec recommend` then trips over."""
+    with interrupts.deferred():
+        _log_models(model, prepared, cfg)
+
+
+def _log_models(model, prepared: experiment.Prepared, cfg: TrainConfig) -> None:
     plain = untie(model, cfg)
     example = model_inputs(prepared.data, np.arange(min(2, prepared.data.train.shape[0])))
     signature = infer_signature(example, np.asarray(plain(example, training=False)))

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import synthetic_ratings, write_ml1m
-from deeprec import tracking
+from deeprec import interrupts, tracking
 from deeprec.config import TrainConfig
 from deeprec.train import TrainingDiverged
 
@@ -92,6 +94,28 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_what_was_logged(workspace: Path, 
     assert run.info.status == "KILLED" and run.data.tags["failure"] == "interrupted by the user"
     assert [m.value for m in client.get_metric_history(run.info.run_id, "valid_rmse")] == [1.1]
     assert "curves/rmse.png" in {a.path for a in client.list_artifacts(run.info.run_id, "curves")}
+
+
+def test_ctrl_c_while_the_models_are_logged_waits_for_them(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupt that lands inside MLflow's log_model used to leave a PENDING model with no files."""
+    save_artifacts = tracking.serve.save_artifacts
+
+    def interrupted_save(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of logging the recommender
+        return save_artifacts(*args, **kwargs)
+
+    monkeypatch.setattr(tracking.serve, "save_artifacts", interrupted_save)
+    mlflow.set_experiment("ctrl-c-logging")
+    with interrupts.installed(), pytest.raises(KeyboardInterrupt):
+        tracking.train_tracked(TrainConfig(epochs=1, arch="4", orientation="user", batch_size=16).validate())
+    client = MlflowClient()
+    experiment_id = client.get_experiment_by_name("ctrl-c-logging").experiment_id
+    (run,) = client.search_runs([experiment_id])
+    assert run.info.status == "KILLED" and run.data.tags["failure"] == "interrupted by the user"
+    (model,) = client.search_logged_models([experiment_id])
+    assert model.name == "recommender" and str(model.status) == "READY"
+    top = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/recommender").predict(pd.DataFrame({"user": [1], "n": [3]}))
+    assert list(top["rank"]) == [1, 2, 3]
 
 
 def test_cli_train_json_last_line(workspace: Path, capsys: pytest.CaptureFixture) -> None:
