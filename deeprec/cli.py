@@ -386,8 +386,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
+    from deeprec import tracking
+
     try:
-        recommender = mlflow.pyfunc.load_model(f"runs:/{args.run_id}/recommender")
+        recommender = mlflow.pyfunc.load_model(tracking.recommender_uri(args.run_id))
         top = recommender.predict(pd.DataFrame({"user": [args.user], "n": [args.n]}))
     except MlflowException as exc:
         raise DeeprecError(str(exc.message).splitlines()[0]) from None

@@ -80,7 +80,9 @@ def test_nan_loss_marks_the_run_failed(workspace: Path) -> None:
     assert "training loss became" in run.data.tags["failure"]
 
 
-def test_ctrl_c_marks_the_run_killed_and_keeps_what_was_logged(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_marks_the_run_killed_and_keeps_what_was_logged(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     def interrupted_run(cfg, prepared, on_epoch=None):
         on_epoch({"epoch": 1, "train_loss": 1.0, "train_rmse": 1.0, "valid_rmse": 1.1, "seconds": 0.1, "train_seconds": 0.1})
         raise KeyboardInterrupt
@@ -94,6 +96,14 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_what_was_logged(workspace: Path, 
     assert run.info.status == "KILLED" and run.data.tags["failure"] == "interrupted by the user"
     assert [m.value for m in client.get_metric_history(run.info.run_id, "valid_rmse")] == [1.1]
     assert "curves/rmse.png" in {a.path for a in client.list_artifacts(run.info.run_id, "curves")}
+
+    from deeprec.cli import main  # a run without a recommender, and no run at all: one line each
+
+    capsys.readouterr()  # MLflow's log of the experiment's creation
+    assert main(["recommend", "--run-id", run.info.run_id, "--user", "1"]) == 2
+    assert capsys.readouterr().err.strip() == f"deeprec: error: run {run.info.run_id} has no recommender: it ended KILLED before one was logged"
+    assert main(["recommend", "--run-id", "0" * 32, "--user", "1"]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"deeprec: error: no run '{'0' * 32}' in the tracking store ")
 
 
 def test_ctrl_c_while_the_models_are_logged_waits_for_them(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
