@@ -319,6 +319,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     experiment = sweep.load_experiment(args.experiment)
     rows, table = report.report(experiment)
+    if not any(row.runs for row in rows):  # most likely the wrong folder or tracking store
+        import mlflow
+
+        raise DeeprecError(
+            f"no finished runs of experiment {experiment.name!r} in the tracking store {mlflow.get_tracking_uri()}; "
+            f"run `deeprec sweep {args.experiment}` first, from the same folder or with the same MLFLOW_TRACKING_URI"
+        )
     print(table)
     if args.json:
         print(json.dumps(report.as_json(rows)))

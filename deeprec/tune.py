@@ -793,6 +793,9 @@ def run_study(cfg: TrainConfig, space: SearchSpace | None = None, options: TuneO
     cv.fold_splits(base, dataset, options.folds)  # too few ratings for the folds: fail before any study exists
 
     storage = open_storage(storage_url, options.heartbeat_interval, options.grace_period)
+    if options.n_trials == 0 and study_name not in optuna.get_all_study_names(storage):
+        # 0 trials re-logs and refits a study; creating an empty one would only fix its setup early
+        raise DeeprecError(f"n-trials: 0 adds no trial to an existing study, and there is no study {study_name!r} in {shown}")
     # This process only creates (or finds) the study and reads it; the workers sample and prune.
     study = optuna.create_study(study_name=study_name, storage=storage, direction="minimize", load_if_exists=True)
     setup = json.loads(json.dumps({"config": base.to_params(), "folds": options.folds, "space": space.to_dict()["params"]}))

@@ -73,6 +73,10 @@ def workspace(mlflow_store: Path) -> Path:
 
 
 def test_sweep_resume_and_report(workspace: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
+    assert main(["report", "tiny.yaml"]) == 2  # before any sweep: one line, not a table of dashes
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("deeprec: error: no finished runs of experiment 'tiny' in the tracking store ") and "\n" not in err
+    assert err.endswith("run `deeprec sweep tiny.yaml` first, from the same folder or with the same MLFLOW_TRACKING_URI")
     with caplog.at_level(logging.INFO, logger="deeprec.sweep"):
         assert main(["sweep", "tiny.yaml", "--seeds", "2", "--epochs", "1", "--json"]) == 0
     progress = [r.getMessage() for r in caplog.records if " done: " in r.getMessage()]

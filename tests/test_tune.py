@@ -185,6 +185,17 @@ def test_cli_bad_space_fails_in_one_line_before_any_study(workspace: Path, capsy
     assert not (workspace / "optuna.db").exists()
 
 
+def test_zero_trials_on_a_new_study_is_refused_before_it_exists(workspace: Path, capsys: pytest.CaptureFixture) -> None:
+    """--n-trials 0 re-logs and refits an existing study; on a new name it used to create an empty
+    study whose setup then refused the next command's options."""
+    assert main(["tune", *TINY, "--n-trials", "0"]) == 2
+    storage = f"sqlite:///{workspace / 'optuna.db'}"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"deeprec: error: n-trials: 0 adds no trial to an existing study, and there is no study 'deeprec-ml-1m-user-4' in {storage}"
+    )
+    assert optuna.get_all_study_names(storage) == []
+
+
 # --------------------------------------------------------------------------- pruning steps
 
 
@@ -372,6 +383,8 @@ def test_tiny_study_end_to_end_then_resumed(workspace: Path, capsys: pytest.Capt
     history = client.get_metric_history(parent.info.run_id, "trials_complete")
     assert [m.step for m in history] == [4, 6]  # each invocation logs at "finished trials so far"
     assert len(client.search_runs([parent.info.experiment_id], "tags.`deeprec.kind` = 'tune'")) == 1
+    again = tune_json(capsys, "--n-trials", "0", "--no-refit")  # an existing study: logged again, nothing trained
+    assert again["trials_added"] == 0 and again["trials_complete"] + again["trials_pruned"] == 6
 
     # Resuming with a different setup is refused before anything runs.
     assert main(["tune", *TINY, "--epochs", "3", "--n-trials", "1"]) == 2  # the last --epochs wins
