@@ -598,6 +598,21 @@ def sampler_seed(seed: int, baseline: int, index: int) -> int:
 # --------------------------------------------------------------------------- one worker
 
 
+class _InterruptWithoutTraceback(logging.Filter):
+    """Optuna logs a trial stopped by Ctrl-C or SIGTERM with the whole traceback of wherever the
+    signal landed; the trial's one-line warning and deeprec's own notice say all there is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+# Optuna's logger of failed trials (optuna/study/_optimize.py); addFilter ignores a second add.
+OPTUNA_TRIAL_LOGGER = "optuna.study._optimize"
+INTERRUPT_FILTER = _InterruptWithoutTraceback()
+
+
 class _Objective:
     """The Optuna objective of one worker: a nested MLflow run per trial around K folds."""
 
@@ -714,6 +729,7 @@ def run_worker(spec: WorkerSpec, dataset: datasets.Dataset | None = None) -> dic
     _, splits = cv.fold_splits(base, dataset, spec.folds)
     objective = _Objective(spec, base, space, dataset, splits)
     heartbeat = isinstance(storage, optuna.storages.RDBStorage)
+    logging.getLogger(OPTUNA_TRIAL_LOGGER).addFilter(INTERRUPT_FILTER)
     log.info("worker %d (pid %d): study %s, until %d finished trials", spec.index, os.getpid(), spec.study_name, spec.target)
     while True:
         trials = study.get_trials(deepcopy=False)

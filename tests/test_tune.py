@@ -196,6 +196,24 @@ def test_zero_trials_on_a_new_study_is_refused_before_it_exists(workspace: Path,
     assert optuna.get_all_study_names(storage) == []
 
 
+def test_a_trial_stopped_by_ctrl_c_is_logged_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger(tune.OPTUNA_TRIAL_LOGGER)
+    logger.addFilter(tune.INTERRUPT_FILTER)
+    try:
+        with caplog.at_level(logging.WARNING, logger=tune.OPTUNA_TRIAL_LOGGER):
+            for error in (KeyboardInterrupt("signal 2"), ValueError("a bug")):
+                try:
+                    raise error
+                except BaseException as exc:
+                    logger.warning("Trial 3 failed because of the following error: %r.", exc, exc_info=exc)
+    finally:
+        logger.removeFilter(tune.INTERRUPT_FILTER)
+    interrupted, bug = caplog.records
+    assert interrupted.getMessage() == "Trial 3 failed because of the following error: KeyboardInterrupt('signal 2')."
+    assert interrupted.exc_info is None and "Traceback" not in caplog.text.split("ValueError")[0]
+    assert bug.exc_info is not None  # every other error keeps its traceback
+
+
 # --------------------------------------------------------------------------- pruning steps
 
 
