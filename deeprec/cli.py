@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from deeprec import __version__, datasets, interrupts
-from deeprec.config import FIELD_DOCS, TrainConfig
+from deeprec.config import FIELD_DOCS, TrainConfig, check_cv
 from deeprec.errors import DeeprecError
 from deeprec.ratings import DUPLICATE_POLICIES
 from deeprec.splits import REPORT_SEED, SPLIT_NAMES, check_split_for, describe_split, make_split
@@ -278,8 +278,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_cv(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    if args.folds < 2:
-        raise DeeprecError(f"folds: need at least 2, got {args.folds}")
+    check_cv(cfg, args.folds)
     from deeprec import tracking  # heavy: imported only once the config is valid
 
     log.info("%s", tracking.tracking_summary())
@@ -341,6 +340,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         tune.run_worker(tune.WorkerSpec.from_json(sys.stdin.read()))
         return 0
     cfg = config_from_args(args)
+    check_cv(cfg, args.folds)
     from deeprec import tune  # heavy: imported only once the config is valid
 
     space = tune.load_space(args.space or None)

@@ -205,6 +205,15 @@ def _fraction(name: str, value: float) -> None:
         raise ConfigError(f"{name}: must be a fraction in [0, 1), got {value}")
 
 
+def check_cv(cfg: TrainConfig, folds: int) -> None:
+    """What cross-validation (and tuning over its folds) refuses whatever the data, so that it
+    is refused before the data is read."""
+    if folds < 2:
+        raise DeeprecError(f"folds: need at least 2, got {folds}")
+    if cfg.groups != "none":
+        raise DeeprecError("groups: cross-validation and tuning train one model per fold; use groups=none")
+
+
 def _integer(name: str, value: int, minimum: int) -> None:
     if value < minimum:
         raise ConfigError(f"{name}: must be an integer >= {minimum}, got {value}")

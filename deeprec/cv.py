@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from deeprec import datasets, experiment, metrics
-from deeprec.config import TrainConfig
+from deeprec.config import TrainConfig, check_cv
 from deeprec.errors import DeeprecError
 from deeprec.splits import Split, kfold_splits, make_split
 
@@ -76,10 +76,7 @@ def ensemble_metrics(result: CVResult, dataset: datasets.Dataset, test_rows: np.
 
 def fold_splits(cfg: TrainConfig, dataset: datasets.Dataset, folds: int) -> tuple[Split, list[Split]]:
     """The base split (whose test part is held out) and K fold splits of its non-test ratings."""
-    if folds < 2:
-        raise DeeprecError(f"folds: need at least 2, got {folds}")
-    if cfg.groups != "none":
-        raise DeeprecError("groups: cross-validation and tuning train one model per fold; use groups=none")
+    check_cv(cfg, folds)
     base = make_split(cfg.split, dataset.ratings.users)
     pool = np.sort(np.concatenate([base.train, base.valid]))
     pairs = kfold_splits(dataset.ratings.users, folds, seed=cfg.seed, pool=pool)

@@ -126,7 +126,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
 from deeprec import __version__, cv, datasets, tracking
-from deeprec.config import ConfigError, TrainConfig, format_param, read_yaml_file
+from deeprec.config import ConfigError, TrainConfig, check_cv, format_param, read_yaml_file
 from deeprec.errors import DeeprecError
 from deeprec.splits import Split
 
@@ -802,6 +802,7 @@ def run_study(cfg: TrainConfig, space: SearchSpace | None = None, options: TuneO
     options = (options or TuneOptions()).validate()
     base = space.base_config(cfg.validate())
     space.check(base)
+    check_cv(base, options.folds)
     study_name = options.study_name or default_study_name(base, space)
     storage_url = options.storage or default_storage()
     shown = display_storage(storage_url)

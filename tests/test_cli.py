@@ -71,6 +71,9 @@ def test_malformed_line_is_one_line_on_stderr(tmp_path: Path) -> None:
         (["data", "info", "--dataset", "ml-1m", "--sep", ","], "apply to csv:PATH datasets"),
         (["data", "info", "--dataset", "csv:does/not/exist.csv"], "no such ratings file"),
         (["data", "verify", "--dataset", "ml-100k"], "is not in"),
+        (["cv", "--groups", "kmeans:3", "--folds", "2"], "groups: cross-validation and tuning train one model per fold"),
+        (["tune", "--groups", "age-gender", "--n-trials", "1"], "groups: cross-validation and tuning train one model per fold"),
+        (["cv", "--folds", "1"], "folds: need at least 2, got 1"),
     ],
 )
 def test_bad_names_fail_before_any_work(tmp_path: Path, args: list[str], message: str) -> None:
