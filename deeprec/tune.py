@@ -29,8 +29,8 @@ the whole trial (folds*(epochs+1) steps) as its maximum resource.
 
 `every="fold"` (`--prune-every fold`) reports and checks only the fold-level steps (the per-epoch
 curves still go to MLflow). Early epochs rank configurations by how fast they learn, not by where
-they end: in a 5-fold study of I-AutoRec on ML-1M (bench/README.md, "Accuracy beyond the papers"), a
-leave-one-out replay of the recorded curves (`deeprec replay-pruning`) has the per-epoch median
+they end: in a 5-fold study of I-AutoRec on ML-1M (bench/README.md, "Accuracy beyond the
+papers"), a leave-one-out replay of the recorded curves (`deeprec replay-pruning`) has the per-epoch median
 rule with 5 warm-up steps pruning the best of six trials at epoch 25, where checking after each
 fold kept the best three and pruned the worst three. With fold checks only, the median pruner's
 warm-up steps do not apply (a whole fold is the warm-up) and Hyperband's minimum resource is one
