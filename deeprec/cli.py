@@ -71,8 +71,11 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The validated config of the parsed options, checked before anything heavy is imported."""
-    return TrainConfig.from_params({name: getattr(args, name) for name in FIELD_DOCS})
+    """The validated config of the parsed options, and its csv:PATH file present, checked before
+    anything heavy is imported."""
+    cfg = TrainConfig.from_params({name: getattr(args, name) for name in FIELD_DOCS})
+    datasets.check_local_file(cfg.dataset)
+    return cfg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cross = commands.add_parser("cv", help="K-fold cross-validation over the non-test ratings, one parent run with a nested run per fold")
     add_config_options(cross)
-    cross.add_argument("--folds", type=_whole_number, default=5, help="number of folds (default 5)")
+    cross.add_argument("--folds", type=_whole_number, default=5, help="number of folds, 2 to 100 (default 5)")
     cross.add_argument("--refit", nargs="?", const=True, default=False, type=_boolean, metavar="true|false",
                        help="then retrain on all non-test ratings for the CV-chosen epochs and evaluate on test once")
     cross.add_argument("--ensemble", nargs="?", const=True, default=False, type=_boolean, metavar="true|false",
@@ -110,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune = commands.add_parser("tune", help="Optuna study over CV folds: a parent MLflow run, a nested run per trial, resumable, parallel")
     add_config_options(tune)
-    tune.add_argument("--folds", type=_whole_number, default=5, help="folds of the CV objective (default 5)")
+    tune.add_argument("--folds", type=_whole_number, default=5, help="folds of the CV objective, 2 to 100 (default 5)")
     tune.add_argument("--space", default=None, metavar="YAML", help="search-space file merged over the default (experiments/search_space.yaml)")
     tune.add_argument("--n-trials", type=_whole_number, default=20, help="finished trials to add to the study (default 20)")
     tune.add_argument("--n-workers", type=_whole_number, default=1, help="worker processes on this machine sharing the storage (default 1)")

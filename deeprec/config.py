@@ -205,11 +205,18 @@ def _fraction(name: str, value: float) -> None:
         raise ConfigError(f"{name}: must be a fraction in [0, 1), got {value}")
 
 
+# Each fold trains a whole model, and assigning the folds costs a pass over the ratings per fold:
+# 100,000 folds ran out of memory, and would have taken hours before the first model.
+MAX_FOLDS = 100
+
+
 def check_cv(cfg: TrainConfig, folds: int) -> None:
     """What cross-validation (and tuning over its folds) refuses whatever the data, so that it
     is refused before the data is read."""
     if folds < 2:
         raise DeeprecError(f"folds: need at least 2, got {folds}")
+    if folds > MAX_FOLDS:
+        raise DeeprecError(f"folds: at most {MAX_FOLDS} (each fold trains a model; 5 or 10 are usual), got {folds}")
     if cfg.groups != "none":
         raise DeeprecError("groups: cross-validation and tuning train one model per fold; use groups=none")
 

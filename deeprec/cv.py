@@ -13,7 +13,7 @@ ratings, chosen by their own validation fold, combined without looking at the te
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +21,7 @@ import numpy as np
 from deeprec import datasets, experiment, metrics
 from deeprec.config import TrainConfig, check_cv
 from deeprec.errors import DeeprecError
-from deeprec.splits import Split, kfold_splits, make_split
+from deeprec.splits import KFolds, Split, kfold_splits, make_split
 
 DEFAULT_FOLDS = 5
 
@@ -74,15 +74,26 @@ def ensemble_metrics(result: CVResult, dataset: datasets.Dataset, test_rows: np.
     return {f"ensemble_{k}": v for k, v in metrics.items()}
 
 
-def fold_splits(cfg: TrainConfig, dataset: datasets.Dataset, folds: int) -> tuple[Split, list[Split]]:
+class FoldSplits(Sequence[Split]):
+    """The K fold splits, each built when a fold is run (see splits.KFolds)."""
+
+    def __init__(self, name: str, seed: int, pairs: KFolds, test: np.ndarray) -> None:
+        self.name, self.seed, self.pairs, self.test = name, seed, pairs, test
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, fold: int) -> Split:  # type: ignore[override]
+        train, valid = self.pairs[fold]
+        return Split(f"{self.name}-fold{fold % len(self) + 1}of{len(self)}", self.seed, train, valid, self.test)
+
+
+def fold_splits(cfg: TrainConfig, dataset: datasets.Dataset, folds: int) -> tuple[Split, FoldSplits]:
     """The base split (whose test part is held out) and K fold splits of its non-test ratings."""
     check_cv(cfg, folds)
     base = make_split(cfg.split, dataset.ratings.users)
     pool = np.sort(np.concatenate([base.train, base.valid]))
-    pairs = kfold_splits(dataset.ratings.users, folds, seed=cfg.seed, pool=pool)
-    return base, [
-        Split(f"{cfg.split}-fold{i + 1}of{folds}", cfg.seed, train, valid, base.test) for i, (train, valid) in enumerate(pairs)
-    ]
+    return base, FoldSplits(cfg.split, cfg.seed, kfold_splits(dataset.ratings.users, folds, seed=cfg.seed, pool=pool), base.test)
 
 
 def run_fold(

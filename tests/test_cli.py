@@ -74,6 +74,10 @@ def test_malformed_line_is_one_line_on_stderr(tmp_path: Path) -> None:
         (["cv", "--groups", "kmeans:3", "--folds", "2"], "groups: cross-validation and tuning train one model per fold"),
         (["tune", "--groups", "age-gender", "--n-trials", "1"], "groups: cross-validation and tuning train one model per fold"),
         (["cv", "--folds", "1"], "folds: need at least 2, got 1"),
+        (["cv", "--folds", "100000"], "folds: at most 100"),
+        (["tune", "--folds", "101", "--n-trials", "1"], "folds: at most 100"),
+        (["train", "--dataset", "csv:does/not/exist.csv"], "no such ratings file"),
+        (["cv", "--dataset", "csv:does/not/exist.csv"], "no such ratings file"),
     ],
 )
 def test_bad_names_fail_before_any_work(tmp_path: Path, args: list[str], message: str) -> None:

@@ -41,6 +41,8 @@ def test_folds_partition_the_non_test_ratings(workspace: Path) -> None:
     assert not np.array_equal(folds[0].valid, other[0].valid)
     with pytest.raises(DeeprecError, match="folds: need at least 2"):
         cv.fold_splits(cfg, dataset, 1)
+    with pytest.raises(DeeprecError, match="folds: at most 100"):
+        cv.fold_splits(cfg, dataset, 100_000)
 
 
 def test_aggregation_against_hand_computed_values() -> None:

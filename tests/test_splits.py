@@ -86,6 +86,24 @@ def test_kfold_folds_partition_the_pool(users: np.ndarray) -> None:
         np.testing.assert_array_equal(np.sort(np.concatenate([train, valid])), np.sort(non_test))
     again = kfold_splits(users, k=5, seed=7, pool=non_test)
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again))
+    np.testing.assert_array_equal(folds[-1][1], folds[4][1])
+    with pytest.raises(IndexError):
+        folds[5]
+
+
+def test_kfold_keeps_the_folds_of_stratified_k_fold(users: np.ndarray) -> None:
+    """The pairs are built from one fold number per rating; they are StratifiedKFold's own folds
+    (runs before this change validated on the same ratings)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    pool = np.arange(len(users))
+    counts = np.bincount(users)
+    keep = counts[users] >= 3  # every user here is its own stratum for 3 folds
+    folds = kfold_splits(users[keep], k=3, seed=4)
+    expected = StratifiedKFold(n_splits=3, shuffle=True, random_state=4).split(pool[keep], users[keep])
+    for (train, valid), (want_train, want_valid) in zip(folds, expected):
+        np.testing.assert_array_equal(valid, want_valid)
+        np.testing.assert_array_equal(train, want_train)
 
 
 def test_kfold_is_stratified_and_keeps_small_users_in_train() -> None:
