@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -392,6 +393,10 @@ def cmd_replay_pruning(args: argparse.Namespace) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise DeeprecError(f"-n must be at least 1, got {args.n}")
+    # Loading the recommender copies its files out of the tracking store; MLflow's progress bar
+    # for that copy (40-odd files) would be most of what this command prints. The environment
+    # still wins.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow  # heavy: only for this command
     import pandas as pd
     from mlflow.exceptions import MlflowException

@@ -137,13 +137,18 @@ def test_cli_train_json_last_line(workspace: Path, capsys: pytest.CaptureFixture
     assert MlflowClient().get_run(summary["run_id"]).info.status == "FINISHED"
 
 
-def test_cli_recommend_prints_titles(workspace: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_recommend_prints_titles(workspace: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     from deeprec.cli import main
 
+    # unset for this test, and unset again after it (the command sets it for its process)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     assert main(["train", "--epochs", "2", "--arch", "6", "--orientation", "user", "--batch_size", "8", "--json"]) == 0
     run_id = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_id"]
     assert main(["recommend", "--run-id", run_id, "--user", "3", "-n", "4"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    captured = capsys.readouterr()
+    assert "Downloading artifacts" not in captured.err  # MLflow's progress bar is off
+    lines = captured.out.strip().splitlines()
     assert len(lines) == 4 and lines[0].lstrip().startswith("1.")
     assert all("Movie " in line for line in lines)  # titles from the generated movies.dat
     assert main(["recommend", "--run-id", run_id, "--user", "99999"]) == 2
