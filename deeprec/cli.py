@@ -393,10 +393,6 @@ def cmd_replay_pruning(args: argparse.Namespace) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise DeeprecError(f"-n must be at least 1, got {args.n}")
-    # Loading the recommender copies its files out of the tracking store; MLflow's progress bar
-    # for that copy (40-odd files) would be most of what this command prints. The environment
-    # still wins.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow  # heavy: only for this command
     import pandas as pd
     from mlflow.exceptions import MlflowException
@@ -432,6 +428,10 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # MLflow draws a progress bar each time it copies artifacts out of the tracking store: seven
+    # while a trained model is logged (checking its input example) and one of 40-odd files per
+    # `recommend`. For these local copies they are only noise on stderr; the environment still wins.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
     command = COMMANDS[(args.command, getattr(args, f"{args.command}_command", None))]
     try:

@@ -128,11 +128,20 @@ def test_ctrl_c_while_the_models_are_logged_waits_for_them(workspace: Path, monk
     assert list(top["rank"]) == [1, 2, 3]
 
 
-def test_cli_train_json_last_line(workspace: Path, capsys: pytest.CaptureFixture) -> None:
+def unset_progress_bar_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset for this test, and unset again after it: `deeprec.cli.main` sets it for its process."""
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+
+
+def test_cli_train_json_last_line(workspace: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     from deeprec.cli import main
 
+    unset_progress_bar_setting(monkeypatch)
     assert main(["train", "--epochs", "1", "--arch", "4", "--orientation", "item", "--batch_size", "8", "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    assert "Downloading artifacts" not in captured.err  # MLflow's progress bars are off
+    summary = json.loads(captured.out.strip().splitlines()[-1])
     assert len(summary["run_id"]) == 32 and summary["test_ratings"] > 0
     assert MlflowClient().get_run(summary["run_id"]).info.status == "FINISHED"
 
@@ -140,9 +149,7 @@ def test_cli_train_json_last_line(workspace: Path, capsys: pytest.CaptureFixture
 def test_cli_recommend_prints_titles(workspace: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     from deeprec.cli import main
 
-    # unset for this test, and unset again after it (the command sets it for its process)
-    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")
-    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    unset_progress_bar_setting(monkeypatch)
     assert main(["train", "--epochs", "2", "--arch", "6", "--orientation", "user", "--batch_size", "8", "--json"]) == 0
     run_id = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_id"]
     assert main(["recommend", "--run-id", run_id, "--user", "3", "-n", "4"]) == 0
