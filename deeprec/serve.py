@@ -74,6 +74,9 @@ COLUMNS = ("user", "item", "n", "ratings")
 SIGNATURE = ModelSignature(inputs=Schema([ColSpec(AnyType(), name, required=False) for name in COLUMNS]))
 FORMS = "use columns `user` [+ `n`] (top-N), `user` + `item` (pair ratings) or `ratings` [+ `n`] (new user)"
 
+# The file MLflow runs to build a logged recommender (models from code; see that file).
+MODEL_CODE = Path(__file__).resolve().with_name("recommender_model.py")
+
 # Serving needs only these (deeprec itself travels with the model as code).
 RUNTIME_PACKAGES = ("mlflow", "keras", "tensorflow-cpu", "tensorflow", "numpy", "pandas", "scipy")
 
@@ -86,12 +89,12 @@ def log_recommender(model: keras.Model, prepared: Prepared, cfg: TrainConfig, na
         example = pd.DataFrame({"user": [users[0].item()], "n": [3]})
         mlflow.pyfunc.log_model(
             name=name,
-            python_model=Recommender(),
+            python_model=str(MODEL_CODE),
             artifacts=artifacts,
             signature=SIGNATURE,
             input_example=example,
-            # The class is pickled by reference (deeprec.serve.Recommender): ship the package.
-            code_paths=[str(Path(__file__).resolve().parent)],
+            # The model code imports deeprec.serve.Recommender: ship the package beside it.
+            code_paths=[str(MODEL_CODE.parent)],
             pip_requirements=_requirements(),
         )
 
@@ -185,7 +188,8 @@ def _shown(values: list) -> str:
 class Recommender(mlflow.pyfunc.PythonModel):
     """Top-N and rating predictions from a logged autoencoder (see the module docstring).
 
-    No state is set before `load_context`: the instance is pickled empty by `log_recommender`.
+    No state is set before `load_context`: `recommender_model.py` builds the instance empty, and
+    the logged artifacts fill it.
     """
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:

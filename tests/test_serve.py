@@ -187,6 +187,18 @@ def test_the_runs_uri_loads_the_same_model(logged_models: dict[str, Logged]) -> 
     pd.testing.assert_frame_equal(mlflow.pyfunc.load_model(logged.run_uri).predict(request), logged.pyfunc.predict(request))
 
 
+def test_the_recommender_is_logged_as_code_and_loads_without_pickle(logged_models: dict[str, Logged], monkeypatch) -> None:
+    """Models from code: MLflow records the model's code file, not a pickled instance, so the
+    recommender loads where unpickling is refused."""
+    logged = logged_models["user"]
+    flavor = mlflow.models.Model.load(logged.uri).flavors["python_function"]
+    assert flavor.get("model_code_path", "").endswith("recommender_model.py") and "python_model" not in flavor
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    again = mlflow.pyfunc.load_model(logged.uri)
+    request = pd.DataFrame({"user": [2], "n": [4]})
+    pd.testing.assert_frame_equal(again.predict(request), logged.pyfunc.predict(request))
+
+
 def test_a_new_user_with_a_known_users_ratings_gets_that_users_recommendations(logged_models: dict[str, Logged]) -> None:
     logged = logged_models["user"]  # row-mean fill: a new user's fill is the mean of their ratings
     ratings, split = logged.prepared.dataset.ratings, logged.prepared.split
