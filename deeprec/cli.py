@@ -75,7 +75,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The validated config of the parsed options, and its csv:PATH file present, checked before
     anything heavy is imported."""
     cfg = TrainConfig.from_params({name: getattr(args, name) for name in FIELD_DOCS})
-    datasets.check_local_file(cfg.dataset)
+    datasets.check_local_file(datasets.get_spec(cfg.dataset))
     return cfg
 
 

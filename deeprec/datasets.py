@@ -163,21 +163,19 @@ def local_ratings_digest(spec: DatasetSpec, root: Path | None = None) -> str | N
     return archive_md5(spec.local_path if spec.local_path is not None else folder / spec.ratings_file)
 
 
-def check_local_file(name: str) -> None:
-    """A `csv:PATH` dataset whose file is missing fails here, before the training commands import
-    TensorFlow (8 seconds); registered datasets are checked, or downloaded, when they load."""
-    spec = get_spec(name)
+def check_local_file(spec: DatasetSpec) -> None:
+    """A `csv:PATH` dataset whose file is missing fails here; the training commands call it before
+    they import TensorFlow (8 seconds). Registered datasets are found, or downloaded, when they load."""
     if spec.local_path is not None and not spec.local_path.is_file():
         raise DeeprecError(f"{spec.local_path}: no such ratings file")
 
 
 def ensure_dataset(spec: DatasetSpec, progress: Progress | None = None, root: Path | None = None) -> Path:
     """The folder with the dataset's files, downloading and extracting it first if needed."""
+    check_local_file(spec)
     found = find_local(spec, root)
     if found is not None:
         return found
-    if spec.local_path is not None:
-        raise DeeprecError(f"{spec.local_path}: no such ratings file")
     return download(spec, progress=progress, root=root)
 
 
