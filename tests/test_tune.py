@@ -198,8 +198,8 @@ def test_zero_trials_on_a_new_study_is_refused_before_it_exists(workspace: Path,
 
 class _Records(logging.Handler):
     """Keeps what reaches it. Attached to Optuna's logger itself: Optuna's loggers do not propagate
-    to the root, and pytest's caplog only reaches non-propagating loggers it saw at the test's start,
-    which made a caplog version of the test below depend on what ran before it."""
+    to the root, where caplog listens; pytest 9.1 and later also attach caplog to non-propagating
+    loggers, pytest 9.0 and earlier do not (a caplog version of the test below failed on CI's)."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
