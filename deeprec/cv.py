@@ -92,7 +92,7 @@ def fold_splits(cfg: TrainConfig, dataset: datasets.Dataset, folds: int) -> tupl
     """The base split (whose test part is held out) and K fold splits of its non-test ratings."""
     check_cv(cfg, folds)
     base = make_split(cfg.split, dataset.ratings.users)
-    pool = np.sort(np.concatenate([base.train, base.valid]))
+    pool = np.concatenate([base.train, base.valid])  # kfold_splits sorts it
     return base, FoldSplits(cfg.split, cfg.seed, kfold_splits(dataset.ratings.users, folds, seed=cfg.seed, pool=pool), base.test)
 
 
