@@ -9,11 +9,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from deeprec import __version__, datasets, interrupts
-from deeprec.config import FIELD_DOCS, TrainConfig, check_cv
+from deeprec import __version__, datasets, interrupts, tracking_store
+from deeprec.config import FIELD_DOCS, MAX_SEED, TrainConfig, check_cv, read_yaml_file
 from deeprec.errors import DeeprecError
 from deeprec.ratings import DUPLICATE_POLICIES
 from deeprec.splits import REPORT_SEED, SPLIT_NAMES, check_split_for, describe_split, make_split
+from deeprec.tune_options import PrunerSettings, TuneOptions
 
 log = logging.getLogger("deeprec")
 
@@ -41,6 +42,13 @@ def _whole_number(text: str) -> int:
     if not value.is_integer():
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
     return int(value)
+
+
+def _seed(text: str) -> int:
+    value = _whole_number(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {MAX_SEED}, got {text!r}")
+    return value
 
 
 def _boolean(text: str) -> bool:
@@ -92,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = data_commands.add_parser("info", help="ratings, users, items, density, histogram and split sizes")
     _add_dataset_args(info)
     info.add_argument("--split", default=None, help=f"also split the data: one of {', '.join(SPLIT_NAMES)}")
-    info.add_argument("--seed", type=_whole_number, default=REPORT_SEED, help=f"split seed (default {REPORT_SEED}, the report's)")
+    info.add_argument("--seed", type=_seed, default=REPORT_SEED, help=f"split seed (default {REPORT_SEED}, the report's)")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     verify = data_commands.add_parser("verify", help="re-check the archive checksum and validate every file")
     _add_dataset_args(verify)
@@ -265,7 +273,8 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    from deeprec import tracking  # heavy (TensorFlow, MLflow): imported only once the config is valid
+    tracking_store.check_store_usable()
+    from deeprec import tracking  # heavy (TensorFlow, MLflow): imported only once the config and store are good
 
     log.info("%s", tracking.tracking_summary())
     result = tracking.train_tracked(cfg, run_name=args.run_name)
@@ -283,7 +292,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_cv(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     check_cv(cfg, args.folds)
-    from deeprec import tracking  # heavy: imported only once the config is valid
+    tracking_store.check_store_usable()
+    from deeprec import tracking  # heavy: imported only once the config and store are good
 
     log.info("%s", tracking.tracking_summary())
     run_id, result, test = tracking.track_cv(cfg, args.folds, refit=args.refit, run_name=args.run_name, ensemble=args.ensemble)
@@ -307,6 +317,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from deeprec import sweep
 
     sweep.load_experiment(args.experiment)  # every row validated before anything runs
+    tracking_store.check_store_usable()
     summary = sweep.run_sweep(args.experiment, seeds=args.seeds, max_parallel=args.max_parallel, epochs=args.epochs, reuse=args.reuse)
     if args.json:
         print(json.dumps(summary))
@@ -320,7 +331,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from deeprec import report, sweep
 
-    experiment = sweep.load_experiment(args.experiment)
+    experiment = sweep.load_experiment(args.experiment, check_data=False)  # the runs are read, never the data
+    tracking_store.require_existing_store()  # a query would create an empty store in the wrong folder
     rows, table = report.report(experiment)
     if not any(row.runs for row in rows):  # most likely the wrong folder or tracking store
         import mlflow
@@ -345,14 +357,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return 0
     cfg = config_from_args(args)
     check_cv(cfg, args.folds)
-    from deeprec import tune  # heavy: imported only once the config is valid
+    options = TuneOptions(
+        folds=args.folds, n_trials=args.n_trials, n_workers=args.n_workers, study_name=args.study_name or None, storage=args.storage or None,
+        pruner=PrunerSettings(args.pruner, args.pruner_startup_trials, args.pruner_warmup_steps, args.prune_every), refit=args.refit,
+        heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
+    ).validate()
+    if args.space:
+        read_yaml_file(args.space, "search-space")  # present and valid YAML; its keys are checked with the space
+    tracking_store.check_store_usable()
+    from deeprec import tune  # heavy: imported only once the config, options and store are good
 
     space = tune.load_space(args.space or None)
-    options = tune.TuneOptions(
-        folds=args.folds, n_trials=args.n_trials, n_workers=args.n_workers, study_name=args.study_name or None, storage=args.storage or None,
-        pruner=tune.PrunerSettings(args.pruner, args.pruner_startup_trials, args.pruner_warmup_steps, args.prune_every), refit=args.refit,
-        heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
-    )
     result = tune.run_study(cfg, space, options)
     if args.json:
         print(json.dumps(result.to_dict()))
@@ -370,8 +385,8 @@ def cmd_replay_pruning(args: argparse.Namespace) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "new study" line per replayed trial otherwise
     study = pruning_replay.load_finished_study(args.study_name, args.storage or tune.default_storage())
-    rules = [tune.PrunerSettings("median", args.startup_trials, w) for w in args.warmup_steps]
-    rules.append(tune.PrunerSettings("median", args.startup_trials, 0, every="fold"))
+    rules = [PrunerSettings("median", args.startup_trials, w) for w in args.warmup_steps]
+    rules.append(PrunerSettings("median", args.startup_trials, 0, every="fold"))
     results = pruning_replay.replay(study, rules)
     best = results[0].verdicts[0].trial_number
     print(f"study {args.study_name}: {len(results[0].verdicts)} complete trials, leave-one-out, best first")
@@ -393,6 +408,7 @@ def cmd_replay_pruning(args: argparse.Namespace) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise DeeprecError(f"-n must be at least 1, got {args.n}")
+    tracking_store.require_existing_store()  # a query would create an empty store in the wrong folder
     import mlflow  # heavy: only for this command
     import pandas as pd
     from mlflow.exceptions import MlflowException

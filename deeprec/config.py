@@ -25,6 +25,9 @@ LOSS_AVERAGES = ("rating", "row")  # deeprec.losses.LOSSES
 SIDE_INFO = ("none", "user", "item")
 OPTIMIZERS = ("adam", "sgd", "momentum", "rmsprop")
 PRECISIONS = ("float32", "bfloat16")
+MAX_REFEED = 10  # each re-feeding step is unrolled into the compiled training step
+MAX_SEED = 2**32 - 1  # NumPy's and TensorFlow's seeds are 32-bit
+MAX_LAYER_SIZE = 100_000  # 100,000 units x 26,744 ML-20M items is already 10.7 GB of float32 weights
 
 
 class ConfigError(DeeprecError):
@@ -101,7 +104,7 @@ class TrainConfig:
             raise ConfigError(f"tied: a tied (constrained) decoder mirrors the encoder, so arch must read the same both ways, got {self.arch}")
         if self.tied and self.side_info != "none":
             raise ConfigError("tied: side information widens the input, so the decoder cannot be the encoder transposed; use tied=false")
-        _integer("refeed", self.refeed, minimum=0)
+        _integer("refeed", self.refeed, minimum=0, maximum=MAX_REFEED)
         _choice("side_info", self.side_info, SIDE_INFO)
         if self.side_info not in ("none", self.orientation):
             raise ConfigError(
@@ -118,7 +121,7 @@ class TrainConfig:
         _integer("batch_size", self.batch_size, minimum=1)
         _integer("epochs", self.epochs, minimum=1)
         _integer("patience", self.patience, minimum=0)
-        _integer("seed", self.seed, minimum=0)
+        _integer("seed", self.seed, minimum=0, maximum=MAX_SEED)
         _choice("precision", self.precision, PRECISIONS)
         _choice("loss", self.loss, LOSS_AVERAGES)
         from deeprec.groups import parse_groups
@@ -154,7 +157,7 @@ FIELD_DOCS: dict[str, str] = {
     "dataset": "str — ml-100k | ml-1m | ml-10m | ml-20m | ml-latest-small | csv:PATH",
     "split": "str — holdout (the report's 10%/10% stratified protocol) | u1..u5 (ML-100K canonical folds)",
     "orientation": "str — user (U-AutoRec: a row per user) | item (I-AutoRec: a row per item)",
-    "arch": "str — comma-separated hidden layer sizes; 500 is AutoRec, 256,512,256 a deep model whose middle layer is the code",
+    "arch": f"str — comma-separated hidden layer sizes, each at most {MAX_LAYER_SIZE}; 500 is AutoRec, 256,512,256 a deep model whose middle layer is the code",
     "activation": f"str — hidden-layer activation: {' | '.join(ACTIVATIONS)} (lrelu = leaky ReLU, slope 0.2)",
     "last_activation": "str — output-layer activation, same choices (identity by default: ratings are unbounded before clipping)",
     "fill": "str — input value of unobserved entries: zero | a number such as 3 | row-mean | col-mean | global-mean",
@@ -164,7 +167,7 @@ FIELD_DOCS: dict[str, str] = {
     "l2": "float — L2 weight penalty (λ·Σw²) on encoder layers",
     "l2_decoder": "float or `same` — L2 penalty on decoder layers; `same` (the default) means the value of l2",
     "tied": "bool — constrained decoder: decoder weights are the encoder weights transposed (NVIDIA); arch must be a palindrome",
-    "refeed": "int — dense re-feeding steps per batch (NVIDIA): the dense output is fed back as input and target",
+    "refeed": f"int — dense re-feeding steps per batch (NVIDIA), 0 to {MAX_REFEED}: the dense output is fed back as input and target",
     "side_info": "str — none | user | item: one-hot side features concatenated to each input row (must match orientation)",
     "optimizer": "str — adam | sgd | momentum (SGD with `momentum`) | rmsprop",
     "lr": "float — learning rate (> 0)",
@@ -172,7 +175,7 @@ FIELD_DOCS: dict[str, str] = {
     "batch_size": "int — rows per training batch",
     "epochs": "int — maximum number of epochs",
     "patience": "int — stop after this many epochs without a better validation RMSE (0: never stop early); the best weights are restored",
-    "seed": "int — seed of weight initialisation, shuffling and noise (the split has its own, the report's)",
+    "seed": f"int — seed of weight initialisation, shuffling and noise, 0 to {MAX_SEED} (the split has its own, the report's)",
     "precision": "str — float32 | bfloat16 (mixed precision: bfloat16 compute, float32 weights; slower than float32 on CPUs without bfloat16 instructions, which training warns about)",
     "groups": "str — none | age-gender | age-gender:LABEL (e.g. M-25) | kmeans:K: one model per user group, evaluated overall and per group",
     "loss": "str — how the masked squared errors of a batch are averaged: rating (every rating weighs the same) | row (per row first, as the original Keras notebooks did; every user or item weighs the same)",
@@ -187,6 +190,8 @@ def parse_arch(text: str) -> tuple[int, ...]:
         raise ConfigError(f"arch: expected comma-separated positive integers such as 256,512,256, got {text!r}") from None
     if not sizes or any(s < 1 for s in sizes):
         raise ConfigError(f"arch: every hidden size must be a positive integer, got {text!r}")
+    if max(sizes) > MAX_LAYER_SIZE:
+        raise ConfigError(f"arch: a hidden layer may have at most {MAX_LAYER_SIZE} units, got {text!r}")
     return sizes
 
 
@@ -208,6 +213,7 @@ def _fraction(name: str, value: float) -> None:
 # Each fold trains a whole model, and assigning the folds costs a pass over the ratings per fold:
 # 100,000 folds ran out of memory, and would have taken hours before the first model.
 MAX_FOLDS = 100
+DEFAULT_FOLDS = 5
 
 
 def check_cv(cfg: TrainConfig, folds: int) -> None:
@@ -221,9 +227,11 @@ def check_cv(cfg: TrainConfig, folds: int) -> None:
         raise DeeprecError("groups: cross-validation and tuning train one model per fold; use groups=none")
 
 
-def _integer(name: str, value: int, minimum: int) -> None:
+def _integer(name: str, value: int, minimum: int, maximum: int | None = None) -> None:
     if value < minimum:
         raise ConfigError(f"{name}: must be an integer >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name}: must be an integer <= {maximum}, got {value}")
 
 
 SAME_AS_L2 = "same"  # how an unset l2_decoder reads in params (MLflow cannot carry an empty value)
@@ -266,12 +274,36 @@ def _parse(name: str, annotation: str, value: Any) -> Any:
         raise ConfigError(f"{name}: expected {kind}, got {value!r}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: PyYAML would keep the last value
+    silently, so `epochs: 1` followed by `epochs: 2` would train something the file does not show."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error says so below
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_file(path: str | Path, what: str) -> Any:
     """The parsed YAML document of a config file (experiment, search space); one-line errors."""
     path = Path(path)
     if not path.is_file():
         raise DeeprecError(f"{path}: no such {what} file")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DeeprecError(f"{path}: not a UTF-8 text file (byte {exc.start}); save the {what} file as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise DeeprecError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None

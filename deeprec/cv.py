@@ -19,11 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from deeprec import datasets, experiment, metrics
-from deeprec.config import TrainConfig, check_cv
+from deeprec.config import DEFAULT_FOLDS, TrainConfig, check_cv
 from deeprec.errors import DeeprecError
 from deeprec.splits import KFolds, Split, kfold_splits, make_split
 
-DEFAULT_FOLDS = 5
 
 FoldEpochCallback = Callable[[int, dict], None]  # (fold index from 0, epoch record)
 

@@ -123,6 +123,8 @@ def get_spec(name: str, sep: str | None = None, header: bool | None = None,
         path = Path(name[4:]).expanduser()
         if not name[4:]:
             raise DeeprecError("csv: needs a path, e.g. csv:ratings.csv")
+        if sep == "":
+            raise DeeprecError("--sep is empty; give the field separator (e.g. --sep ',') or leave it out to detect it")
         return DatasetSpec(
             name=name, ratings_file=path.name, local_path=path, scale=scale,
             ratings_format=RatingsFormat(sep=sep, header=header, encoding="utf-8"),

@@ -21,6 +21,7 @@ from deeprec.idmap import IdMap
 log = logging.getLogger(__name__)
 
 ML1M_AGE_GROUPS = (1, 18, 25, 35, 45, 50, 56)  # "1" = under 18, "56" = 56+ (ML-1M README)
+GENDERS = ("F", "M")
 ML1M_OCCUPATIONS = 21  # codes 0..20 (ML-1M README)
 ML1M_GENRES = (
     "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
@@ -81,7 +82,7 @@ def ml1m_users(path: Path) -> pd.DataFrame:
         raise DataFormatError(path, None, f"non-integer id, age or occupation: {exc}") from exc
     table = pd.concat(
         [
-            _one_hot(path, [r[1] for r in rows], ("F", "M"), "gender", lines),
+            _one_hot(path, [r[1] for r in rows], GENDERS, "gender", lines),
             _one_hot(path, ages, ML1M_AGE_GROUPS, "age", lines),
             _one_hot(path, occupations, tuple(range(ML1M_OCCUPATIONS)), "occupation", lines),
         ],
@@ -101,7 +102,7 @@ def ml100k_users(path: Path) -> pd.DataFrame:
         raise DataFormatError(path, None, f"non-integer id or age: {exc}") from exc
     table = pd.concat(
         [
-            _one_hot(path, [r[2] for r in rows], ("F", "M"), "gender", lines),
+            _one_hot(path, [r[2] for r in rows], GENDERS, "gender", lines),
             _one_hot(path, ages, ML1M_AGE_GROUPS, "age", lines),
             _one_hot(path, [r[3] for r in rows], ML100K_OCCUPATIONS, "occupation", lines),
         ],

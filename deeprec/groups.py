@@ -16,8 +16,13 @@ import scipy.sparse as sp
 
 from deeprec.datasets import Dataset
 from deeprec.errors import DeeprecError
+from deeprec.features import GENDERS, ML1M_AGE_GROUPS
 from deeprec.idmap import IdMap
 from deeprec.splits import Split
+
+# Every label the user features can give (ML-100K's exact ages are put in ML-1M's buckets), so a
+# mistyped one is refused before the data is read.
+AGE_GENDER_LABELS = tuple(f"{gender}-{age}" for gender in GENDERS for age in ML1M_AGE_GROUPS)
 
 
 def parse_groups(text: str) -> tuple[str, str | int | None]:
@@ -27,7 +32,10 @@ def parse_groups(text: str) -> tuple[str, str | int | None]:
     if text == "age-gender":
         return "age-gender", None
     if text.startswith("age-gender:") and len(text) > len("age-gender:"):
-        return "age-gender", text.split(":", 1)[1]
+        label = text.split(":", 1)[1]
+        if label not in AGE_GENDER_LABELS:
+            raise ValueError(f"unknown age-gender group {label!r}; groups: {', '.join(AGE_GENDER_LABELS)}")
+        return "age-gender", label
     if text.startswith("kmeans:"):
         try:
             k = int(text.split(":", 1)[1])

@@ -8,6 +8,7 @@ Blank lines are kept as rows (`skip_blank_lines=False`) so that row r is always 
 
 from __future__ import annotations
 
+import csv
 import itertools
 import logging
 import math
@@ -29,6 +30,17 @@ DUPLICATE_POLICIES: tuple[str, ...] = ("error", "keep-last")
 # Tried in this order when a file's separator is not given: the first that splits the first line
 # into 3 or 4 fields wins ("::" before ":" style matches, tab before space).
 SEPARATOR_CANDIDATES: tuple[str, ...] = ("::", "\t", ",", ";", "|", " ")
+
+# Ids and timestamps are stored as int64 and ratings as float32; a value beyond them is refused by
+# name rather than overflowing (a traceback) or turning into inf.
+INT64_MIN, INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+# The largest rating magnitude accepted when the scale is inferred rather than given. Real scales
+# stay far below it (1..5 stars, Jester's -10..10, 0..100 percentages, even 0..1000 points), while
+# Unix timestamps (above 1e8 since 1973) and the ids of any sizeable catalogue exceed it: such a
+# "rating" column means the file lacks its rating column, or has its columns in another order.
+MAX_INFERRED_RATING = 1e4
 
 
 @dataclass(frozen=True)
@@ -109,6 +121,8 @@ def read_ratings(
         raise DeeprecError(f"{path}: no such ratings file")
     if scale is not None and not scale[0] < scale[1]:
         raise DeeprecError(f"rating scale {scale} is empty: the minimum must be below the maximum")
+    if fmt.sep == "":
+        raise DeeprecError("the field separator is empty; give one such as ',' or None to detect it")
 
     first_line = _first_line(path, fmt.encoding)
     sep = fmt.sep if fmt.sep is not None else sniff_separator(path, first_line)
@@ -187,7 +201,7 @@ def _looks_like_header(first_line: str, sep: str) -> bool:
     if len(fields) not in (3, 4):
         return False  # not a header either: the field count check reports line 1
     try:
-        float(fields[2])
+        float(_unquoted(fields[2]))
     except ValueError:
         return True
     return False
@@ -213,7 +227,10 @@ def _read_frame(layout: _Layout) -> pd.DataFrame:
             skip_blank_lines=False,
             encoding=layout.fmt.encoding,
             engine="c",
-            quoting=3,  # csv.QUOTE_NONE: MovieLens ratings files never quote
+            # Quotes are not parsed as CSV quoting: one stray quote would join every line up to the
+            # next one into a single field, silently. Spreadsheet exports quote whole fields
+            # ("5" for user 5), so enclosing quotes are removed below instead.
+            quoting=csv.QUOTE_NONE,
         )
     except (pd.errors.ParserError, ValueError, UnicodeDecodeError) as exc:
         _raise_first_bad_line(layout, fallback=str(exc).strip())
@@ -225,6 +242,23 @@ def _read_frame(layout: _Layout) -> pd.DataFrame:
         bad = frame[gaps].notna().any(axis=1).to_numpy()
         _raise_at_first(layout, bad)
         frame = frame.drop(columns=gaps)
+    return _without_enclosing_quotes(frame, layout)
+
+
+def _without_enclosing_quotes(frame: pd.DataFrame, layout: _Layout) -> pd.DataFrame:
+    """Each text field "x" as x, read as a number when its whole column then is one, so that "5"
+    and 5 are the same id; a quote left anywhere else is a malformed line."""
+    for col in frame.columns:
+        if pd.api.types.is_numeric_dtype(frame[col]):
+            continue  # only text columns can hold quotes
+        text = frame[col].astype("string")
+        quoted = ((text.str.len() >= 2) & text.str.startswith('"') & text.str.endswith('"')).fillna(False).to_numpy(dtype=bool)
+        text = text.where(~quoted, text.str[1:-1])
+        _raise_at_first(layout, text.str.contains('"', regex=False).fillna(False).to_numpy(dtype=bool))
+        if not quoted.any():
+            continue
+        numbers = pd.to_numeric(text, errors="coerce")
+        frame[col] = numbers if numbers.notna().all() else frame[col].where(~quoted, text)
     return frame
 
 
@@ -232,18 +266,28 @@ def _validated(frame: pd.DataFrame, layout: _Layout) -> pd.DataFrame:
     """Check every row; on the first bad one, explain that line of the file."""
     _raise_at_first(layout, frame.isna().any(axis=1).to_numpy())
     rating = pd.to_numeric(frame["rating"], errors="coerce")
-    bad = rating.isna().to_numpy() | ~np.isfinite(rating.to_numpy(dtype=np.float64, na_value=np.nan))
+    values = rating.to_numpy(dtype=np.float64, na_value=np.nan)
+    # Checked in float64: 1e308 is finite here but would become inf as the stored float32.
+    bad = ~np.isfinite(values) | (np.abs(values) > FLOAT32_MAX)
     if layout.scale is not None:
         low, high = layout.scale
         with np.errstate(invalid="ignore"):
-            bad |= (rating.to_numpy(dtype=np.float64, na_value=np.nan) < low) | (
-                rating.to_numpy(dtype=np.float64, na_value=np.nan) > high
-            )
+            bad |= (values < low) | (values > high)
     integer_columns = (["timestamp"] if layout.n_fields == 4 else []) + (["user", "item"] if layout.fmt.integer_ids else [])
     for col in integer_columns:
-        if not pd.api.types.is_integer_dtype(frame[col]):
-            bad |= _not_integer(frame[col])
+        bad |= _not_int64(frame[col])
     _raise_at_first(layout, bad)
+    if layout.scale is None:
+        implausible = np.flatnonzero(np.abs(values) > MAX_INFERRED_RATING)
+        if len(implausible):
+            row = int(implausible[0])
+            raise DataFormatError(
+                layout.path,
+                layout.line_of(row),
+                f"the rating column holds values such as {frame['rating'].iat[row]} that look like timestamps or ids, "
+                "not ratings; if they really are ratings, give the scale "
+                "(--scale MIN,MAX of `deeprec data info/verify`, or scale= in Python)",
+            )
     frame = frame.assign(rating=rating)
     if layout.fmt.integer_ids:
         frame = frame.astype({"user": np.int64, "item": np.int64})
@@ -265,7 +309,8 @@ def _deduplicated(frame: pd.DataFrame, layout: _Layout, policy: DuplicatePolicy)
         layout.path,
         layout.line_of(row),
         f"duplicate rating of item {item} by user {user} (first at line {layout.line_of(first)}); "
-        "pass duplicates='keep-last' (--duplicates keep-last) to keep the last one",
+        "training needs one rating per (user, item), so remove the duplicates, or keep the last of each "
+        "with duplicates='keep-last' in Python (--duplicates keep-last in `deeprec data info/verify`)",
     )
 
 
@@ -304,40 +349,60 @@ def line_problem(
         return "empty line"
     if len(fields) != n_fields:
         return f"expected {n_fields} fields separated by {sep!r}, got {len(fields)}: {text.strip()!r}"
-    user, item, rating = fields[0].strip(), fields[1].strip(), fields[2].strip()
+    if any('"' in _unquoted(f) for f in fields):
+        return f"unmatched double quote: {text.strip()!r}"
+    user, item, rating = (_unquoted(f) for f in fields[:3])
     for name, value in (("user", user), ("item", item)):
         if not value:
             return f"empty {name} id"
-        if integer_ids and not _is_int(value):
-            return f"{name} id {value!r} is not an integer"
+        if integer_ids and (problem := _int64_problem(f"{name} id", value)):
+            return problem
     try:
         number = float(rating)
     except ValueError:
         return f"rating {rating!r} is not a number"
     if not math.isfinite(number):
         return f"rating {rating!r} is not a finite number"
+    if abs(number) > FLOAT32_MAX:
+        return f"rating {rating!r} is too large for a 32-bit float"
     if scale is not None and not scale[0] <= number <= scale[1]:
         return f"rating {rating} is outside the scale {_format_rating(scale[0])}..{_format_rating(scale[1])}"
-    if n_fields == 4 and not _is_int(fields[3].strip()):
-        return f"timestamp {fields[3].strip()!r} is not an integer"
+    if n_fields == 4:
+        return _int64_problem("timestamp", _unquoted(fields[3]))
     return None
 
 
-def _not_integer(column: pd.Series) -> np.ndarray:
+def _unquoted(field: str) -> str:
+    """The field without surrounding blanks and one pair of enclosing double quotes, which pandas drops."""
+    field = field.strip()
+    return field[1:-1] if len(field) >= 2 and field[0] == field[-1] == '"' else field
+
+
+def _not_int64(column: pd.Series) -> np.ndarray:
+    """Rows that are not whole numbers within int64, which ids and timestamps are stored as."""
+    if pd.api.types.is_signed_integer_dtype(column):
+        return np.zeros(len(column), dtype=bool)
+    if pd.api.types.is_unsigned_integer_dtype(column):  # pandas reads 2**63..2**64-1 as uint64
+        return column.to_numpy() > INT64_MAX
+    # Larger numbers are read as Python ints or floats. float64 rounds int64's extremes to
+    # +-2**63, so values at the very limits are refused too: no real id or timestamp is that big.
     numeric = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     with np.errstate(invalid="ignore"):
-        return np.isnan(numeric) | (numeric % 1 != 0)
+        return np.isnan(numeric) | (numeric % 1 != 0) | (np.abs(numeric) >= 2.0**63)
 
 
-def _is_int(text: str) -> bool:
+def _int64_problem(what: str, text: str) -> str | None:
     try:
-        int(text)
+        number = int(text)
     except ValueError:
-        return False
-    return True
+        return f"{what} {text!r} is not an integer"
+    if not INT64_MIN <= number <= INT64_MAX:
+        return f"{what} {text} is out of range for a 64-bit integer"
+    return None
 
 
 def _ids(column: pd.Series) -> np.ndarray:
-    if pd.api.types.is_integer_dtype(column):
+    # uint64 ids (2**63 and above, generic files only) would wrap round in int64: keep them as text.
+    if pd.api.types.is_signed_integer_dtype(column):
         return column.to_numpy(dtype=np.int64)
     return column.astype(str).to_numpy(dtype=object)

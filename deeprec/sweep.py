@@ -43,6 +43,7 @@ GPU run is not bit-reproducible, so a copy and a retraining can differ in the la
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -53,8 +54,8 @@ from dataclasses import dataclass, fields
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
-from deeprec import interrupts
-from deeprec.config import ConfigError, TrainConfig, format_param, read_yaml_file
+from deeprec import datasets, interrupts
+from deeprec.config import ConfigError, TrainConfig, check_cv, format_param, read_yaml_file
 from deeprec.errors import DeeprecError
 
 log = logging.getLogger(__name__)
@@ -111,8 +112,9 @@ class Experiment:
         return cfg.replace(**changes)
 
 
-def load_experiment(path: str | Path) -> Experiment:
-    """Parse and fully validate an experiment file; errors name the file and the row or key."""
+def load_experiment(path: str | Path, check_data: bool = True) -> Experiment:
+    """Parse and fully validate an experiment file; errors name the file and the row or key.
+    `check_data=False` skips checking that csv:PATH ratings files exist (a report reads runs only)."""
     path = Path(path)
     doc = read_yaml_file(path, "experiment")
     if not isinstance(doc, dict):
@@ -120,11 +122,17 @@ def load_experiment(path: str | Path) -> Experiment:
     unknown = sorted(set(doc) - {"name", "title", "metric", "base", "rows", "notes"})
     if unknown:
         raise DeeprecError(f"{path}: unknown key {unknown[0]!r}; expected name, title, metric, base, rows, notes")
-    name = str(doc.get("name") or path.stem)
+    name = _name(path, "name", doc.get("name", path.stem))
+    if "'" in name:  # MLflow's search filters quote the sweep's name and have no escape for a quote
+        raise DeeprecError(f"{path}: name must not contain a single quote, got {name!r}")
     metric = str(doc.get("metric", "test_rmse_user_avg"))
     if metric not in METRICS:
         raise DeeprecError(f"{path}: metric {metric!r} must be one of {', '.join(METRICS)}")
     base = _string_params(path, "base", doc.get("base") or {})
+    known = [f.name for f in fields(TrainConfig)]
+    unknown = sorted(set(base) - set(known))
+    if unknown:  # checked here, or a typo in the base would be blamed on the first row
+        raise DeeprecError(f"{path}: base: {unknown[0]}: unknown parameter; known: {', '.join(known)}")
     rows_doc = doc.get("rows")
     if not isinstance(rows_doc, list) or not rows_doc:
         raise DeeprecError(f"{path}: rows must be a non-empty list")
@@ -132,27 +140,45 @@ def load_experiment(path: str | Path) -> Experiment:
     for i, item in enumerate(rows_doc, start=1):
         if not isinstance(item, dict) or "name" not in item:
             raise DeeprecError(f"{path}: row {i} needs a name")
-        where = f"row {item['name']!r}"
+        row_name = _name(path, f"row {i}: name", item["name"])
+        where = f"row {row_name!r}"
         extra = sorted(set(item) - {"name", "published", "params", "cv"})
         if extra:
             raise DeeprecError(f"{path}: {where}: unknown key {extra[0]!r}; expected name, published, params, cv")
         published = item.get("published")
-        if published is not None and not isinstance(published, (int, float)):
-            raise DeeprecError(f"{path}: {where}: published must be a number or null")
+        # bool is an int in Python: `published: yes` is a typo, not 1.0
+        if published is not None and (isinstance(published, bool) or not isinstance(published, (int, float)) or not math.isfinite(published)):
+            raise DeeprecError(f"{path}: {where}: published must be a number or null, got {published!r}")
         row_cv = None if item.get("cv") is None else _row_cv(path, where, item["cv"])
-        rows.append(Row(str(item["name"]), None if published is None else float(published), _string_params(path, where, item.get("params") or {}), row_cv))
+        rows.append(Row(row_name, None if published is None else float(published), _string_params(path, where, item.get("params") or {}), row_cv))
     names = [r.name for r in rows]
     if len(set(names)) != len(names):
         raise DeeprecError(f"{path}: row names must be unique")
-    experiment = Experiment(name, str(doc.get("title", name)), metric, base, tuple(rows), path)
+    experiment = Experiment(name, _name(path, "title", doc.get("title", name)), metric, base, tuple(rows), path)
+    present: set[str] = set()
     for row in rows:
         try:
             cfg = experiment.config(row)
-        except ConfigError as exc:
+            if row.cv is not None:  # the rule `deeprec cv` applies, so a bad row fails now, not after its parent run
+                check_cv(cfg, row.cv.folds)
+        except DeeprecError as exc:
             raise DeeprecError(f"{path}: row {row.name!r}: {exc}") from None
-        if row.cv is not None and cfg.groups != "none":
-            raise DeeprecError(f"{path}: row {row.name!r}: cv trains one model per fold; use groups=none")
+        if check_data and cfg.dataset not in present:  # a missing csv:PATH file would only fail once each of its runs starts
+            try:
+                datasets.check_local_file(datasets.get_spec(cfg.dataset))
+            except DeeprecError as exc:
+                where = f"row {row.name!r}" if "dataset" in row.params else "base"
+                raise DeeprecError(f"{path}: {where}: dataset: {exc}") from None
+            present.add(cfg.dataset)
     return experiment
+
+
+def _name(path: Path, where: str, value: object) -> str:
+    """A name or title: YAML reads `name: null` or `name: [a, b]` without complaint, and str() of
+    it would name runs "None"."""
+    if not isinstance(value, str) or not value.strip():
+        raise DeeprecError(f"{path}: {where} must be a non-empty string, got {value!r}")
+    return value
 
 
 def _row_cv(path: Path, where: str, doc: object) -> RowCV:
@@ -240,6 +266,11 @@ def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: i
     if epochs is not None and epochs < 1:
         raise DeeprecError(f"--epochs must be at least 1, got {epochs}")
     experiment = load_experiment(path)
+    for row in experiment.rows:  # the last seed index must still be a valid seed, before the parent run exists
+        try:
+            experiment.config(row, seeds - 1, epochs)
+        except ConfigError as exc:
+            raise DeeprecError(f"{experiment.path}: row {row.name!r} with --seeds {seeds}: {exc}") from None
     smoke = epochs is not None
     parent_id = _parent_run(experiment)
     done = finished_runs(experiment, smoke)
@@ -373,8 +404,6 @@ def _reuse_trained(experiment: Experiment, jobs: list[Job], parent_id: str) -> l
     """Copy every job's run that a full run of any sweep already trained (same config and seed,
     same ratings file); return the jobs still to train."""
     import mlflow
-
-    from deeprec import datasets
 
     runs = mlflow.search_runs(
         filter_string=f"tags.`{TAG_KIND}` = 'sweep-run' and tags.`{TAG_SMOKE}` = 'false' and attributes.status = 'FINISHED'",

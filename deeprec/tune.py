@@ -129,18 +129,16 @@ from deeprec import __version__, cv, datasets, tracking
 from deeprec.config import ConfigError, TrainConfig, check_cv, format_param, read_yaml_file
 from deeprec.errors import DeeprecError
 from deeprec.splits import Split
+from deeprec.tune_options import DEFAULT_GRACE_PERIOD, DEFAULT_HEARTBEAT_INTERVAL, PrunerSettings, TuneOptions
 
 log = logging.getLogger(__name__)
 
-PRUNERS = ("median", "hyperband", "none")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 TAG_STUDY, TAG_KIND, TAG_STATE = "optuna_study", "deeprec.kind", "trial_state"
 SETUP_ATTR = "deeprec_setup"  # study user attr: what the study was created with (checked on resume)
 MIN_FAILURE_BUDGET = 5
 MAX_COMBINATIONS = 4096  # cap on the combinations tried when checking a space value
-DEFAULT_HEARTBEAT_INTERVAL = 10
-DEFAULT_GRACE_PERIOD = 30
 SQLITE_BUSY_TIMEOUT_S = 60  # several worker processes write to one SQLite file
 
 # --------------------------------------------------------------------------- search space
@@ -384,17 +382,6 @@ def _number(where: str, value: Any, kind: str) -> float:
 # --------------------------------------------------------------------------- pruning
 
 
-@dataclass(frozen=True)
-class PrunerSettings:
-    name: str = "median"
-    startup_trials: int = 5  # median: complete trials before any pruning
-    warmup_steps: int = 5  # median, per-epoch checks: steps of a trial before it may be pruned (see the module docstring)
-    every: str = "epoch"  # "epoch": per-epoch and fold-level checks; "fold": fold-level checks only
-
-
-PRUNE_EVERY = ("epoch", "fold")
-
-
 def make_pruner(settings: PrunerSettings, folds: int, epochs: int) -> optuna.pruners.BasePruner:
     if settings.name == "median":
         # Checked after whole folds only, a trial has already had its warm-up: a whole fold.
@@ -522,40 +509,6 @@ def default_study_name(cfg: TrainConfig, space: SearchSpace) -> str:
 
 
 # --------------------------------------------------------------------------- options, worker spec
-
-
-@dataclass(frozen=True)
-class TuneOptions:
-    folds: int = cv.DEFAULT_FOLDS
-    n_trials: int = 20
-    n_workers: int = 1
-    study_name: str | None = None
-    storage: str | None = None
-    pruner: PrunerSettings = PrunerSettings()
-    refit: bool = True
-    heartbeat_interval: int = DEFAULT_HEARTBEAT_INTERVAL
-    grace_period: int = DEFAULT_GRACE_PERIOD
-
-    def validate(self) -> TuneOptions:
-        if self.folds < 2:
-            raise DeeprecError(f"folds: need at least 2, got {self.folds}")
-        if self.n_trials < 0:
-            raise DeeprecError(f"n-trials: must be >= 0, got {self.n_trials}")
-        if self.n_workers < 1:
-            raise DeeprecError(f"n-workers: must be >= 1, got {self.n_workers}")
-        if self.pruner.name not in PRUNERS:
-            raise DeeprecError(f"pruner: unknown pruner {self.pruner.name!r}; choose one of {', '.join(PRUNERS)}")
-        if self.pruner.startup_trials < 0 or self.pruner.warmup_steps < 0:
-            raise DeeprecError("pruner-startup-trials and pruner-warmup-steps must be >= 0")
-        if self.pruner.every not in PRUNE_EVERY:
-            raise DeeprecError(f"prune-every: expected one of {', '.join(PRUNE_EVERY)}, got {self.pruner.every!r}")
-        if self.heartbeat_interval < 1:
-            raise DeeprecError(f"heartbeat-interval: must be a whole number of seconds >= 1, got {self.heartbeat_interval}")
-        if self.grace_period <= self.heartbeat_interval:
-            raise DeeprecError(f"grace-period: must exceed the heartbeat interval ({self.heartbeat_interval} s), got {self.grace_period}")
-        if self.study_name is not None and (not self.study_name.strip() or any(c in self.study_name for c in "'\"\n`")):
-            raise DeeprecError(f"study-name: must be non-empty, without quotes or newlines, got {self.study_name!r}")
-        return self
 
 
 @dataclass(frozen=True)

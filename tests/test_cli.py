@@ -14,13 +14,13 @@ from conftest import write_lines, write_ml1m, write_ratings_csv
 from deeprec.cli import main
 
 
-def run_cli(*args: str, env_data_dir: Path | None = None) -> subprocess.CompletedProcess:
-    env = None
-    if env_data_dir is not None:
-        import os
+def run_cli(*args: str, env_data_dir: Path | None = None, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    import os
 
-        env = {**os.environ, "DEEPREC_DATA_DIR": str(env_data_dir)}
-    return subprocess.run([sys.executable, "-m", "deeprec", *args], capture_output=True, text=True, env=env, timeout=120)
+    environment = {**os.environ, **(env or {})}
+    if env_data_dir is not None:
+        environment["DEEPREC_DATA_DIR"] = str(env_data_dir)
+    return subprocess.run([sys.executable, "-m", "deeprec", *args], capture_output=True, text=True, env=environment, cwd=cwd, timeout=120)
 
 
 def test_info_json_on_a_csv_file(tmp_path: Path, rows: np.ndarray, capsys: pytest.CaptureFixture) -> None:
@@ -78,6 +78,9 @@ def test_malformed_line_is_one_line_on_stderr(tmp_path: Path) -> None:
         (["tune", "--folds", "101", "--n-trials", "1"], "folds: at most 100"),
         (["train", "--dataset", "csv:does/not/exist.csv"], "no such ratings file"),
         (["cv", "--dataset", "csv:does/not/exist.csv"], "no such ratings file"),
+        (["tune", "--n-workers", "0"], "n-workers: must be >= 1, got 0"),
+        (["tune", "--n-trials", "-1"], "n-trials: must be >= 0, got -1"),
+        (["tune", "--space", "does/not/exist.yaml"], "does/not/exist.yaml: no such search-space file"),
     ],
 )
 def test_bad_names_fail_before_any_work(tmp_path: Path, args: list[str], message: str) -> None:
@@ -91,3 +94,43 @@ def test_bad_names_fail_before_any_work(tmp_path: Path, args: list[str], message
 def test_bad_scale_is_an_argument_error(tmp_path: Path) -> None:
     result = run_cli("data", "info", "--dataset", "csv:x.csv", "--scale", "5,1")
     assert result.returncode == 2 and "MIN must be below MAX" in result.stderr
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_a_split_seed_out_of_range_is_an_argument_error(seed: str) -> None:
+    result = run_cli("data", "info", "--dataset", "csv:x.csv", "--split", "holdout", "--seed", seed)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"deeprec data info: error: argument --seed: expected a seed from 0 to 4294967295, got '{seed}'"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["report", str(ROOT / "experiments" / "autorec_paper.yaml")], ["recommend", "--run-id", "0123abcd", "--user", "1"]],
+)
+def test_read_only_commands_create_no_tracking_store(tmp_path: Path, args: list[str]) -> None:
+    # MLflow's default store is ./mlflow.db, created by the first query: in the wrong folder that
+    # would leave an empty store behind and answer "no runs".
+    env = {"MLFLOW_TRACKING_URI": ""}  # MLflow's default, whatever the calling shell set
+    result = run_cli(*args, cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("deeprec: error: no MLflow tracking store at sqlite:///")
+    assert result.stderr.strip().endswith("mlflow.db; run this from the folder where the runs were made or set MLFLOW_TRACKING_URI to their store")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [("http://127.0.0.1:9", "Connection refused"), ("file:./mlruns", "maintenance mode")],
+)
+def test_a_store_that_cannot_take_runs_fails_in_one_line_before_the_data_is_read(tmp_path: Path, rows: np.ndarray, uri: str, message: str) -> None:
+    path = write_ratings_csv(tmp_path / "ratings.csv", rows)
+    result = run_cli("train", "--dataset", f"csv:{path}", "--epochs", "1", cwd=tmp_path,
+                     env={"MLFLOW_TRACKING_URI": uri, "MLFLOW_ALLOW_FILE_STORE": "false"})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"deeprec: error: the MLflow tracking store {uri} cannot be used: ")
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ratings.csv"]

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from deeprec.cli import build_parser
-from deeprec.config import FIELD_DOCS, ConfigError, TrainConfig
+from deeprec.config import FIELD_DOCS, ConfigError, TrainConfig, read_yaml_file
+from deeprec.errors import DeeprecError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,6 +75,10 @@ def test_from_params_accepts_mlflow_float_strings() -> None:
         ({"model": "vae"}, "model: unknown value"),
         ({"l2": "nan"}, "l2: must be >= 0"),
         ({"learning_rate": "0.1"}, "learning_rate: unknown parameter"),
+        ({"refeed": "11"}, "refeed: must be an integer <= 10, got 11"),
+        ({"seed": str(2**32)}, "seed: must be an integer <= 4294967295"),
+        ({"arch": "500,100001"}, "arch: a hidden layer may have at most 100000 units"),
+        ({"groups": "age-gender:X-99"}, "groups: unknown age-gender group 'X-99'; groups: F-1, F-18"),
     ],
 )
 def test_impossible_values_name_the_parameter(params: dict, message: str) -> None:
@@ -118,3 +123,20 @@ def test_readme_documents_every_parameter_with_its_default() -> None:
     readme = (ROOT / "README.md").read_text()
     for name, value in TrainConfig().to_params().items():
         assert f"| `{name}` | `{value}` |" in readme, name
+
+
+def test_a_key_given_twice_in_a_yaml_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text("base: {epochs: 1, arch: 8, epochs: 2}\n")
+    with pytest.raises(DeeprecError, match=r"twice.yaml: not valid YAML \(key 'epochs' is given twice") as err:
+        read_yaml_file(path, "experiment")
+    assert "\n" not in str(err.value)
+    path.write_text("base: &b {epochs: 1}\nrow: {<<: *b, epochs: 2}\n")  # a merge key may still be overridden
+    assert read_yaml_file(path, "experiment")["row"] == {"epochs": 2}
+
+
+def test_a_yaml_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "utf16.yaml"
+    path.write_bytes("name: x\n".encode("utf-16"))
+    with pytest.raises(DeeprecError, match=r"utf16.yaml: not a UTF-8 text file \(byte 0\); save the search-space file as UTF-8"):
+        read_yaml_file(path, "search-space")

@@ -32,7 +32,7 @@ def test_age_gender_groups_follow_users_dat(workspace: Path) -> None:
     assert sum(len(v) for v in groups.values()) == 42
     only = user_groups("age-gender:F-25", dataset, make_split("holdout", dataset.ratings.users), seed=0)
     assert list(only) == ["F-25"] and all(u % 2 == 0 and u % 7 == 2 for u in only["F-25"])
-    with pytest.raises(DeeprecError, match="no age-gender group 'X-1'"):
+    with pytest.raises(ValueError, match="unknown age-gender group 'X-1'; groups: F-1, F-18"):  # TrainConfig says so before any data
         user_groups("age-gender:X-1", dataset, make_split("holdout", dataset.ratings.users), seed=0)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import write_lines, write_ratings_csv
-from deeprec.datasets import DATASETS
+from deeprec.datasets import DATASETS, get_spec
 from deeprec.errors import DataFormatError, DeeprecError
 from deeprec.ratings import RatingsFormat, read_ratings
 
@@ -154,3 +154,92 @@ def test_bytes_that_are_not_utf8_name_the_file(tmp_path: Path, where: str) -> No
     path.write_bytes(bad + good if where == "first" else good + bad)
     with pytest.raises(DataFormatError, match=r"ratings\.csv: not utf-8 text: invalid continuation byte"):
         read_ratings(path, RatingsFormat(encoding="utf-8"))  # what csv:PATH datasets read
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("99999999999999999999::3::4::0", "user id 99999999999999999999 is out of range for a 64-bit integer"),
+        ("18446744073709551615::3::4::0", "user id 18446744073709551615 is out of range"),  # read as uint64
+        ("5::-99999999999999999999::4::0", "item id -99999999999999999999 is out of range"),
+        ("5::3::4::99999999999999999999", "timestamp 99999999999999999999 is out of range"),
+    ],
+)
+def test_ids_and_timestamps_beyond_int64_name_the_line(tmp_path: Path, line: str, reason: str) -> None:
+    """They used to escape as an OverflowError traceback when converted to int64."""
+    path = write_lines(tmp_path / "ratings.dat", ["1::1::5::0", line])
+    with pytest.raises(DataFormatError) as err:
+        read_ratings(path, DAT, scale=(1, 5))
+    assert err.value.line == 2 and reason in err.value.reason
+
+
+def test_generic_file_keeps_huge_ids_as_text_but_refuses_huge_timestamps(tmp_path: Path) -> None:
+    ids = write_lines(tmp_path / "ids.csv", ["1,1,4", "18446744073709551615,1,3", "99999999999999999999,2,5"])
+    assert read_ratings(ids).users.tolist() == ["1", "18446744073709551615", "99999999999999999999"]
+    stamps = write_lines(tmp_path / "stamps.csv", ["1,1,4,0", "1,2,3,99999999999999999999"])
+    with pytest.raises(DataFormatError, match=r"line 2: timestamp 99999999999999999999 is out of range"):
+        read_ratings(stamps)
+
+
+@pytest.mark.parametrize("scale", [None, (1, 5)])
+def test_rating_beyond_float32_is_refused(tmp_path: Path, scale: tuple[float, float] | None) -> None:
+    """1e308 is finite as text but inf as the stored float32; it used to give the scale 1..inf."""
+    path = write_lines(tmp_path / "r.csv", ["1,1,4", "1,2,1e308", "1,3,2"])
+    with pytest.raises(DataFormatError) as err:
+        read_ratings(path, scale=scale)
+    assert err.value.line == 2 and err.value.reason == "rating '1e308' is too large for a 32-bit float"
+
+
+def test_inferred_scale_refuses_timestamps_in_the_rating_column(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "r.dat", ["1::25::5", "1::27::978300125", "2::25::978300223"])
+    with pytest.raises(DataFormatError) as err:
+        read_ratings(path)
+    assert err.value.line == 2
+    assert "values such as 978300125 that look like timestamps or ids" in err.value.reason
+    assert "--scale MIN,MAX" in err.value.reason and "scale=" in err.value.reason
+    # Given explicitly, any scale is the user's to choose.
+    assert read_ratings(path, scale=(0, 1e10)).scale == (0, 1e10)
+
+
+@pytest.mark.parametrize(
+    ("values", "scale"),
+    [(["-9.5", "10", "0.25"], (-9.5, 10.0)), (["0", "100", "37"], (0.0, 100.0)), (["1", "10000", "5"], (1.0, 10000.0))],
+)
+def test_inferred_scale_accepts_wide_but_real_scales(tmp_path: Path, values: list[str], scale: tuple[float, float]) -> None:
+    path = write_lines(tmp_path / "r.csv", [f"{u},1,{v}" for u, v in enumerate(values)])
+    assert read_ratings(path).scale == scale
+
+
+def test_duplicate_error_offers_only_options_that_exist(tmp_path: Path) -> None:
+    """`deeprec train` has no --duplicates option, so the message must not tell trainers to use it."""
+    path = write_lines(tmp_path / "ratings.dat", ["1::1::5::0", "1::1::4::0"])
+    with pytest.raises(DataFormatError) as err:
+        read_ratings(path, DAT, scale=(1, 5))
+    assert err.value.reason == (
+        "duplicate rating of item 1 by user 1 (first at line 1); training needs one rating per (user, item), "
+        "so remove the duplicates, or keep the last of each with duplicates='keep-last' in Python "
+        "(--duplicates keep-last in `deeprec data info/verify`)"
+    )
+
+
+def test_quoted_ids_are_the_same_as_unquoted(tmp_path: Path) -> None:
+    generic = write_lines(tmp_path / "r.csv", ['"user","item","rating"', '"5",3,4', "5,4,3", '"alice","3","2"'])
+    ratings = read_ratings(generic)
+    assert ratings.users.tolist() == ["5", "5", "alice"] and ratings.n_users == 2
+    assert ratings.items.tolist() == [3, 4, 3] and ratings.values.tolist() == [4.0, 3.0, 2.0]
+    dat = write_lines(tmp_path / "ratings.dat", ["1::3::4::0", '"5"::3::4::0', "5::4::3::0"])
+    assert read_ratings(dat, DAT, scale=(1, 5)).users.tolist() == [1, 5, 5]
+
+
+def test_unmatched_quote_names_the_line(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "r.csv", ["1,3,4", '"5,3,4', "6,3,2"])
+    with pytest.raises(DataFormatError, match=r"r\.csv, line 2: unmatched double quote: '\"5,3,4'"):
+        read_ratings(path)
+
+
+def test_empty_separator_is_refused_up_front(tmp_path: Path) -> None:
+    with pytest.raises(DeeprecError, match=r"^--sep is empty; give the field separator"):
+        get_spec("csv:ratings.csv", sep="")
+    path = write_lines(tmp_path / "r.csv", ["1,3,4"])
+    with pytest.raises(DeeprecError, match="the field separator is empty"):
+        read_ratings(path, RatingsFormat(sep=""))

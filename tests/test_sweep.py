@@ -49,15 +49,50 @@ def test_the_report_tables_are_all_there() -> None:
         ("name: x\nrows: [{name: a, cv: {ensemble: true}}]\n", "cv: folds must be a whole number >= 2, got None"),
         ("name: x\nrows: [{name: a, cv: {folds: 3, ensemble: maybe}}]\n", "cv: ensemble must be true or false, got 'maybe'"),
         ("name: x\nrows: [{name: a, cv: {folds: 3, repeats: 2}}]\n", "cv: unknown key 'repeats'"),
-        ("name: x\nrows: [{name: a, params: {groups: age-gender}, cv: {folds: 3}}]\n", "row 'a': cv trains one model per fold; use groups=none"),
+        ("name: x\nrows: [{name: a, params: {groups: age-gender}, cv: {folds: 3}}]\n", "row 'a': groups: cross-validation and tuning train one model per fold; use groups=none"),
+        ("name: x\nrows: [{name: a, cv: {folds: 100000}}]\n", "row 'a': folds: at most 100 (each fold trains a model; 5 or 10 are usual), got 100000"),
+        ("name: x\nrows: [{name: a, published: yes}]\n", "row 'a': published must be a number or null, got True"),
+        ("name: x\nrows: [{name: a, published: .nan}]\n", "row 'a': published must be a number or null, got nan"),
+        ("name: x\nrows: [{name: null}]\n", "row 1: name must be a non-empty string, got None"),
+        ("name: x\nrows: [{name: a}, {name: ' '}]\n", "row 2: name must be a non-empty string, got ' '"),
+        ("name: x\nrows: [{name: [a, b]}]\n", "row 1: name must be a non-empty string, got ['a', 'b']"),
+        ("name: null\nrows: [{name: a}]\n", ": name must be a non-empty string, got None"),
+        ("name: x\ntitle: null\nrows: [{name: a}]\n", ": title must be a non-empty string, got None"),
+        ("name: \"it's\"\nrows: [{name: a}]\n", ": name must not contain a single quote, got \"it's\""),
+        ("name: x\nbase: {learning_rate: 0.01}\nrows: [{name: a}]\n", "bad.yaml: base: learning_rate: unknown parameter; known: model, dataset,"),
     ],
 )
 def test_bad_experiment_files(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    with pytest.raises(DeeprecError, match=message.replace("(", r"\(").replace("[", r"\[")) as err:
+    with pytest.raises(DeeprecError, match=re.escape(message)) as err:
         load_experiment(path)
     assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+
+
+def test_a_missing_csv_dataset_is_refused_at_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # csv:PATH is relative to the current folder, as when the row trains
+    (tmp_path / "ratings.csv").write_text("user,item,rating\n1,1,5\n1,2,3\n2,1,4\n")
+    path = tmp_path / "csv.yaml"
+    path.write_text("name: x\nbase: {dataset: 'csv:ratings.csv'}\nrows: [{name: a}, {name: b, params: {dataset: 'csv:other.csv'}}]\n")
+    with pytest.raises(DeeprecError) as err:
+        load_experiment(path)
+    assert str(err.value) == f"{path}: row 'b': dataset: other.csv: no such ratings file"
+    path.write_text("name: x\nbase: {dataset: 'csv:missing.csv'}\nrows: [{name: a}]\n")
+    with pytest.raises(DeeprecError) as err:
+        load_experiment(path)
+    assert str(err.value) == f"{path}: base: dataset: missing.csv: no such ratings file"
+    assert load_experiment(path, check_data=False).base["dataset"] == "csv:missing.csv"  # `deeprec report` reads runs only
+    path.write_text("name: x\nbase: {dataset: 'csv:ratings.csv'}\nrows: [{name: a}, {name: b, params: {arch: '4'}}]\n")
+    assert [r.name for r in load_experiment(path).rows] == ["a", "b"]
+
+
+def test_a_seed_past_the_last_is_refused_before_the_parent_run(mlflow_store: Path, capsys: pytest.CaptureFixture) -> None:
+    (mlflow_store / "seed.yaml").write_text("name: seedy\nbase: {seed: 4294967295}\nrows: [{name: a}]\n")
+    assert main(["sweep", "seed.yaml", "--seeds", "2"]) == 2  # seed index 1 would be 2**32
+    err = capsys.readouterr().err.strip()
+    assert err == "deeprec: error: seed.yaml: row 'a' with --seeds 2: seed: must be an integer <= 4294967295, got 4294967296"
+    assert MlflowClient().search_runs(["0"]) == []  # no parent run left behind
 
 
 @pytest.fixture
