@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -28,6 +29,8 @@ def _scale(text: str) -> tuple[float, float]:
         low, high = (float(x) for x in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected MIN,MAX such as 1,5, got {text!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise argparse.ArgumentTypeError(f"MIN and MAX must be finite numbers, got {text!r}")
     if not low < high:
         raise argparse.ArgumentTypeError(f"MIN must be below MAX, got {text!r}")
     return low, high

@@ -94,6 +94,8 @@ def test_bad_names_fail_before_any_work(tmp_path: Path, args: list[str], message
 def test_bad_scale_is_an_argument_error(tmp_path: Path) -> None:
     result = run_cli("data", "info", "--dataset", "csv:x.csv", "--scale", "5,1")
     assert result.returncode == 2 and "MIN must be below MAX" in result.stderr
+    result = run_cli("data", "info", "--dataset", "csv:x.csv", "--scale=1,1e400")
+    assert result.returncode == 2 and "MIN and MAX must be finite numbers, got '1,1e400'" in result.stderr
 
 
 @pytest.mark.parametrize("seed", ["-1", "4294967296"])
