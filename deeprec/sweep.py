@@ -333,11 +333,21 @@ def _interrupt(pool: ProcessPoolExecutor, stop: Event) -> None:
     """Stop a parallel sweep: no queued job starts, and each running one ends as a KILLED run."""
     stop.set()
     # The pool keeps its worker processes in a private mapping; there is no public way to reach them.
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    for process in workers:
         if process.is_alive():
             os.kill(process.pid, signal.SIGTERM)
-    log.info("sweep stopped: waiting for the workers to mark their runs KILLED")
-    pool.shutdown(wait=True, cancel_futures=True)
+    log.info("sweep stopped: waiting for the workers to mark their runs KILLED (Ctrl-C again to stop them at once)")
+    try:
+        pool.shutdown(wait=True, cancel_futures=True)
+    except KeyboardInterrupt:
+        # A second Ctrl-C or SIGTERM: stop now. Cut short, the shutdown left the pool's threads
+        # waiting for workers that no longer answer, and the interpreter hung at exit joining them.
+        log.warning("sweep stopped at once: a worker's run may be left RUNNING")
+        for process in workers:
+            if process.is_alive():
+                process.kill()  # the pool's thread then finds them gone and ends, so the exit does not wait
+        raise
 
 
 def _parent_run(experiment: Experiment) -> str:

@@ -373,6 +373,7 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
     best_weights = BestWeights(model)
     best_rmse, best_epoch, started = math.inf, 0, time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
+        interrupts.check()  # a Ctrl-C dropped by Python (inside a weakref callback) still stops training
         tick = time.perf_counter()
         order = rng.permutation(n_rows)
         if cached:

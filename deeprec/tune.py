@@ -125,7 +125,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from deeprec import __version__, cv, datasets, tracking
+from deeprec import __version__, cv, datasets, interrupts, tracking
 from deeprec.config import ConfigError, TrainConfig, check_cv, format_param, read_yaml_file
 from deeprec.errors import DeeprecError
 from deeprec.splits import Split
@@ -583,22 +583,29 @@ class _Objective:
         trial.set_user_attr("worker_pid", os.getpid())
         trial.set_user_attr("worker_host", socket.gethostname())
         values = {name: spec.suggest(trial, name) for name, spec in self.space.params.items()}
-        run = mlflow.start_run(
-            run_name=f"trial {trial.number}", experiment_id=self.spec.experiment_id, nested=True, parent_run_id=self.spec.parent_run_id,
-            tags={TAG_STUDY: self.spec.study_name, TAG_KIND: "tune-trial", "trial_number": str(trial.number),
-                  "worker_pid": str(os.getpid()), "worker_host": socket.gethostname()},
-        )
-        self.current_run_id, self.last_state = run.info.run_id, None
-        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        run, self.current_run_id, self.last_state = None, None, None
         try:
+            # A signal while the run starts is raised once it has started, so that the handlers
+            # below end it KILLED; left to MLflow's exit handler, it would end FINISHED.
+            with interrupts.deferred():
+                run = mlflow.start_run(
+                    run_name=f"trial {trial.number}", experiment_id=self.spec.experiment_id, nested=True, parent_run_id=self.spec.parent_run_id,
+                    tags={TAG_STUDY: self.spec.study_name, TAG_KIND: "tune-trial", "trial_number": str(trial.number),
+                          "worker_pid": str(os.getpid()), "worker_host": socket.gethostname()},
+                )
+                self.current_run_id = run.info.run_id
+            trial.set_user_attr("mlflow_run_id", run.info.run_id)
             value = self._evaluate(trial, values)
         except optuna.TrialPruned as exc:
             self._end("pruned", "KILLED", "pruned_at", str(exc))
             raise
         except KeyboardInterrupt:
-            self._end("failed", "KILLED", "failure", "interrupted by the user")
+            if run is not None:
+                self._end("failed", "KILLED", "failure", "interrupted by the user")
             raise
         except BaseException as exc:
+            if run is None:  # the run could not start: there is nothing to end
+                raise
             reason = str(exc) if isinstance(exc, DeeprecError) else f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("failure", reason)
             self._end("failed", "FAILED", "failure", reason)

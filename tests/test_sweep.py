@@ -297,6 +297,34 @@ def test_a_terminated_sweep_marks_its_runs_killed_and_starts_no_more(workspace: 
     assert fold.info.run_name == "fold 1/2" and fold.info.status == "KILLED" and cv_run.data.tags["failure"] == "interrupted by the user"
 
 
+def test_a_second_signal_stops_a_parallel_sweep_at_once(workspace: Path) -> None:
+    """Ctrl-C again while the sweep waits for its workers (what users do) kills them and exits:
+    it used to leave the pool half shut down, and the interpreter waited on it for ever."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = workspace / "tiny.yaml"
+    path.write_text(path.read_text().replace("epochs: 3", "epochs: 100000"))
+    sweep = subprocess.Popen([sys.executable, "-m", "deeprec", "sweep", "tiny.yaml", "--max-parallel", "2"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient()
+    query = f"tags.`{TAG_SWEEP}` = 'tiny' and tags.`deeprec.kind` = 'sweep-run'"
+    deadline = time.monotonic() + 120
+    while len([r for r in client.search_runs(["0"], query) if r.info.status == "RUNNING"]) < 2:
+        assert sweep.poll() is None and time.monotonic() < deadline
+        time.sleep(0.5)
+    sweep.send_signal(signal.SIGINT)
+    for line in sweep.stderr:  # the second signal while the sweep waits for its workers
+        if line.startswith("sweep stopped: waiting for the workers"):
+            sweep.send_signal(signal.SIGINT)
+            break
+    rest = sweep.stderr.read()
+    assert sweep.wait(timeout=60) == 130, rest
+    assert "sweep stopped at once" in rest and "Traceback" not in rest
+
+
 def test_parallel_sweep_workers_get_their_share_of_the_cores() -> None:
     """--max-parallel P starts workers with cores/P TensorFlow threads each (the pool's
     initializer); TF's default in each would oversubscribe the machine P times over."""
