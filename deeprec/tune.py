@@ -643,8 +643,12 @@ class _Objective:
         self.counts[state] += 1
         self.last_state = state
         tags = {TAG_STATE: state, **({reason_tag: reason[:5000]} if reason_tag and reason else {})}
-        mlflow.set_tags(tags)
-        mlflow.end_run(status)
+        # Held until the run has ended: cut short, the write left the run active, and MLflow's exit
+        # handler ended it FINISHED with no state. (A signal held here still fails the trial in
+        # Optuna, whose `tell` comes after; the run keeps what it measured.)
+        with interrupts.deferred():
+            mlflow.set_tags(tags)
+            mlflow.end_run(status)
 
 
 def _log_epoch(record: dict, step: int) -> None:
@@ -886,7 +890,11 @@ def _run_worker_processes(specs: list[WorkerSpec]) -> list[int]:
     procs: list[subprocess.Popen] = []
     try:
         for spec in specs:
-            proc = subprocess.Popen([sys.executable, "-m", "deeprec", "tune", "--worker"], stdin=subprocess.PIPE, env=env, text=True)
+            # A session of its own: Ctrl-C in the terminal (or a signal to the whole process group)
+            # reaches the coordinator only, which passes it on once below. Signalled twice, a
+            # worker was cut short while it told the storage its trial failed, leaving it RUNNING.
+            proc = subprocess.Popen([sys.executable, "-m", "deeprec", "tune", "--worker"], stdin=subprocess.PIPE, env=env, text=True,
+                                    start_new_session=True)
             procs.append(proc)
             proc.stdin.write(spec.to_json())
             proc.stdin.close()

@@ -493,7 +493,7 @@ def test_invalid_sampled_combination_fails_that_trial_cleanly(workspace: Path, c
     assert run.data.params["side_info"] == "user" and "invalid combination" in run.data.tags["failure"]
 
 
-def _running_trial(storage: str, name: str, timeout: float = 120.0) -> optuna.trial.FrozenTrial:
+def _running_trial(storage: str | optuna.storages.BaseStorage, name: str, timeout: float = 120.0) -> optuna.trial.FrozenTrial:
     """Wait for a RUNNING trial that has its MLflow run. Optuna is only asked once the study's
     parent run exists: by then the other process has created the tables, which the first
     RDBStorage opened here would otherwise race to create."""
@@ -538,6 +538,32 @@ def test_killed_worker_leaves_its_trial_failed_and_the_study_usable(workspace: P
     parent = client.get_run(result["parent_run_id"])
     assert parent.info.status == "FINISHED" and victim_run.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert len(trial_runs(parent.info.run_id)) == len(study.trials)  # one run per trial, none twice
+
+
+def test_a_signal_to_the_whole_group_stops_two_workers_cleanly(workspace: Path) -> None:
+    """Ctrl-C in a terminal signals every process of the group: afterwards no trial is RUNNING and
+    every trial's run says how it ended. (Signalled twice, once by the terminal and once by the
+    coordinator, a worker was cut short while it told the journal its trial failed, which then
+    stayed RUNNING; cut short while ending its run, a run was ended FINISHED by MLflow's exit
+    handler. The workers now run in sessions of their own. The race is timing-dependent, so this
+    test checks the end state rather than reproducing it.)"""
+    name, storage = "grouped", f"journal:{workspace / 'journal.log'}"
+    coordinator = subprocess.Popen([sys.executable, "-m", "deeprec", "tune", *TINY, "--epochs", "200", "--n-trials", "8", "--n-workers", "2",
+                             "--study-name", name, "--storage", storage, "--no-refit", "--pruner", "none"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _running_trial(tune.open_storage(storage), name)
+        os.killpg(coordinator.pid, signal.SIGINT)
+        _, err = coordinator.communicate(timeout=120)
+    finally:
+        if coordinator.poll() is None:
+            coordinator.kill()
+    assert coordinator.returncode == 130, err
+    study = load(tune.open_storage(storage), name)
+    assert study.trials and all(t.state != TrialState.RUNNING for t in study.trials)
+    (parent,) = mlflow.search_runs(filter_string=f"tags.optuna_study = '{name}' and tags.`deeprec.kind` = 'tune'", output_format="list")
+    runs = trial_runs(parent.info.run_id)
+    assert runs and all((r.info.status, r.data.tags.get("trial_state")) in {("KILLED", "failed"), ("FINISHED", "complete")} for r in runs)
 
 
 # --------------------------------------------------------------------------- PostgreSQL
