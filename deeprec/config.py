@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -141,15 +142,21 @@ class TrainConfig:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> TrainConfig:
         """Build from strings or typed values (MLflow params, CLI, YAML); unknown keys are an error."""
+        check_param_names(params)
         known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(params) - set(known))
-        if unknown:
-            raise ConfigError(f"{unknown[0]}: unknown parameter; known: {', '.join(known)}")
         values = {name: _parse(name, known[name].type, value) for name, value in params.items()}
         return cls(**values).validate()
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes).validate()
+
+
+def check_param_names(params: Iterable[str]) -> None:
+    """Refuse a name that is not a TrainConfig field (a typo would otherwise be dropped or blamed elsewhere)."""
+    known = [f.name for f in fields(TrainConfig)]
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown parameter; known: {', '.join(known)}")
 
 
 FIELD_DOCS: dict[str, str] = {

@@ -55,7 +55,7 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 
 from deeprec import datasets, interrupts
-from deeprec.config import ConfigError, TrainConfig, check_cv, format_param, read_yaml_file
+from deeprec.config import ConfigError, TrainConfig, check_cv, check_param_names, format_param, read_yaml_file
 from deeprec.errors import DeeprecError
 
 log = logging.getLogger(__name__)
@@ -129,10 +129,10 @@ def load_experiment(path: str | Path, check_data: bool = True) -> Experiment:
     if metric not in METRICS:
         raise DeeprecError(f"{path}: metric {metric!r} must be one of {', '.join(METRICS)}")
     base = _string_params(path, "base", doc.get("base") or {})
-    known = [f.name for f in fields(TrainConfig)]
-    unknown = sorted(set(base) - set(known))
-    if unknown:  # checked here, or a typo in the base would be blamed on the first row
-        raise DeeprecError(f"{path}: base: {unknown[0]}: unknown parameter; known: {', '.join(known)}")
+    try:
+        check_param_names(base)  # here, or a typo in the base would be blamed on the first row
+    except ConfigError as exc:
+        raise DeeprecError(f"{path}: base: {exc}") from None
     rows_doc = doc.get("rows")
     if not isinstance(rows_doc, list) or not rows_doc:
         raise DeeprecError(f"{path}: rows must be a non-empty list")

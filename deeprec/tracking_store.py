@@ -81,6 +81,6 @@ def check_store_usable() -> str:
         with _probe_http_settings():
             mlflow.search_experiments(max_results=1)
     except MlflowException as exc:
-        first_line = " ".join(str(exc.message).split())
-        raise DeeprecError(f"the MLflow tracking store {uri} cannot be used: {first_line}") from None
+        message = " ".join(str(exc.message).split())  # one line: MLflow's messages span several
+        raise DeeprecError(f"the MLflow tracking store {uri} cannot be used: {message}") from None
     return uri
