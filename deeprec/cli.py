@@ -382,12 +382,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_replay_pruning(args: argparse.Namespace) -> int:
     if any(w < 0 for w in args.warmup_steps) or args.startup_trials < 0:
         raise DeeprecError("--warmup-steps and --startup-trials must be >= 0")
-    import optuna  # heavy: only for this command
+    import optuna  # only for this command
 
-    from deeprec import pruning_replay, tune
+    from deeprec import study_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "new study" line per replayed trial otherwise
-    study = pruning_replay.load_finished_study(args.study_name, args.storage or tune.default_storage())
+    study = study_storage.load_finished_study(args.study_name, args.storage or study_storage.default_storage())
+    from deeprec import pruning_replay  # heavy (TensorFlow, through the tuning code): only once the study is found
+
     rules = [PrunerSettings("median", args.startup_trials, w) for w in args.warmup_steps]
     rules.append(PrunerSettings("median", args.startup_trials, 0, every="fold"))
     results = pruning_replay.replay(study, rules)
@@ -412,14 +414,13 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise DeeprecError(f"-n must be at least 1, got {args.n}")
     tracking_store.require_existing_store()  # a query would create an empty store in the wrong folder
+    model_uri = tracking_store.recommender_uri(args.run_id)  # a run without one is named before TensorFlow loads
     import mlflow  # heavy: only for this command
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
-    from deeprec import tracking
-
     try:
-        recommender = mlflow.pyfunc.load_model(tracking.recommender_uri(args.run_id))
+        recommender = mlflow.pyfunc.load_model(model_uri)
         top = recommender.predict(pd.DataFrame({"user": [args.user], "n": [args.n]}))
     except MlflowException as exc:
         raise DeeprecError(str(exc.message).splitlines()[0]) from None

@@ -42,24 +42,33 @@ class Prepared:
     dataset: datasets.Dataset
     split: Split
     data: TrainingData
+    groups: dict[str, np.ndarray] | None = None  # {label: raw user ids} of a grouped config, found when it is prepared
 
 
 def prepare(cfg: TrainConfig, dataset: datasets.Dataset | None = None, split: Split | None = None) -> Prepared:
     """Load, split and build the matrices a config asks for (the expensive part).
 
     A loaded `dataset` and a ready `split` (a CV fold, a refit on all non-test data) can be given
-    so that several trainings share one load.
+    so that several trainings share one load. A grouped config prepared on its own split gets its
+    user groups here too, so that a group the data cannot make (more k-means clusters than users)
+    fails before a tracked run starts, not inside it.
     """
     if dataset is None:
         dataset = datasets.load(datasets.get_spec(cfg.dataset))
-    if split is None:
+    own_split = split is None  # not a fold, a refit or a group's part of a split
+    if own_split:
         split = make_split(cfg.split, dataset.ratings.users)
     matrices = build_matrices(dataset.ratings, split, orientation=cfg.orientation, fill=cfg.fill)
     side = None
     if cfg.side_info != "none":
         table = dataset.user_features() if cfg.side_info == "user" else dataset.item_features()
         side = _scaled(features.align(table, matrices.users if cfg.side_info == "user" else matrices.items))
-    return Prepared(dataset, split, TrainingData(matrices=matrices, scale=dataset.ratings.scale, side=side))
+    groups = None
+    if cfg.groups != "none" and own_split:
+        from deeprec.groups import user_groups
+
+        groups = user_groups(cfg.groups, dataset, split, cfg.seed)
+    return Prepared(dataset, split, TrainingData(matrices=matrices, scale=dataset.ratings.scale, side=side), groups)
 
 
 def _scaled(table: np.ndarray) -> np.ndarray:
@@ -207,7 +216,7 @@ def run_grouped(cfg: TrainConfig, prepared: Prepared, on_epoch: Callable[[dict],
 
     dataset, split = prepared.dataset, prepared.split
     ratings = dataset.ratings
-    groups = user_groups(cfg.groups, dataset, split, cfg.seed)
+    groups = prepared.groups if prepared.groups is not None else user_groups(cfg.groups, dataset, split, cfg.seed)
     rows, predictions, history, results, model = [], [], [], {}, None
     for label, members in groups.items():
         member = np.isin(ratings.users, members)

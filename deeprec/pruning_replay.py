@@ -17,13 +17,12 @@ verdicts depend on the bracket a trial is assigned to, not only on the curves.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from deeprec.errors import DeeprecError
-from deeprec.tune import SETUP_ATTR, PrunerSettings, TrialReporter, display_storage, fold_step, make_pruner, open_storage
+from deeprec.tune import SETUP_ATTR, PrunerSettings, TrialReporter, fold_step, make_pruner
 
 
 @dataclass(frozen=True)
@@ -54,18 +53,6 @@ class RuleResult:
     def epochs_share(self) -> float:
         """Epochs the rule would have trained, as a share of the epochs the trials recorded."""
         return sum(v.epochs_trained for v in self.verdicts) / max(1, sum(v.epochs_recorded for v in self.verdicts))
-
-
-def load_finished_study(study_name: str, storage_url: str) -> optuna.Study:
-    """The study, without creating a storage or a study that is not there."""
-    shown = display_storage(storage_url)
-    if storage_url.startswith("sqlite:///") and not Path(storage_url[len("sqlite:///"):]).is_file():
-        raise DeeprecError(f"storage {shown}: no such file")
-    storage = open_storage(storage_url)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-    if study_name not in names:
-        raise DeeprecError(f"study {study_name!r} not in {shown}; it has: {', '.join(sorted(names)) or 'no studies'}")
-    return optuna.load_study(study_name=study_name, storage=storage)
 
 
 def study_shape(study: optuna.Study) -> tuple[int, int]:

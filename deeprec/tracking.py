@@ -24,13 +24,11 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure  # Figure, not pyplot: files only, never a window or a global backend
 from mlflow.data.http_dataset_source import HTTPDatasetSource
-from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from deeprec import __version__, cv, experiment, interrupts, serve
 from deeprec.config import TrainConfig
-from deeprec.errors import DeeprecError
 from deeprec.models import untie
 from deeprec.train import TrainingDiverged, model_inputs
 
@@ -290,31 +288,6 @@ def _log_partial(history: list[dict]) -> None:
             log_history(history)
         except Exception:  # the run is ending anyway; never hide the original error
             log.exception("could not log the partial history")
-
-
-def recommender_uri(run_id: str) -> str:
-    """The model URI of a run's recommender, or a one-line DeeprecError saying why it has none
-    (MLflow's own message is a failed artifact download)."""
-    client = mlflow.MlflowClient()
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise DeeprecError(f"no run {run_id!r} in the tracking store {mlflow.get_tracking_uri()}") from None
-    models = client.search_logged_models(
-        [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = 'recommender'"
-    )
-    if any(model.status == LoggedModelStatus.READY for model in models):
-        return f"runs:/{run_id}/recommender"
-    tags = run.data.tags
-    if "deeprec.models" in tags:
-        reason = tags["deeprec.models"]
-    elif "deeprec.kind" in tags:
-        reason = f"it is a {tags['deeprec.kind']} run; recommenders come from `deeprec train` runs and sweep rows"
-    elif run.info.status != "FINISHED":
-        reason = f"it ended {run.info.status} before one was logged"
-    else:
-        reason = "none was logged"
-    raise DeeprecError(f"run {run_id} has no recommender: {reason}")
 
 
 def tracking_summary() -> str:

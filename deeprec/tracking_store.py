@@ -4,7 +4,8 @@ A command that trains should fail in seconds, in one line naming the store, when
 take runs (an MLflow server that is down, a file store MLflow 3 refuses), not after the data is
 loaded and a model is compiled. A command that only reads runs should not create a store where
 there is none: MLflow's default SQLite store is created by the first query, so `deeprec report`
-in the wrong folder would otherwise leave an empty `mlflow.db` behind and report "no runs".
+in the wrong folder would otherwise leave an empty `mlflow.db` behind and report "no runs". And
+`deeprec recommend` names a run that has no recommender before it loads one (and TensorFlow).
 Imports MLflow only (no TensorFlow), so the checks cost about a second.
 """
 
@@ -84,3 +85,32 @@ def check_store_usable() -> str:
         message = " ".join(str(exc.message).split())  # one line: MLflow's messages span several
         raise DeeprecError(f"the MLflow tracking store {uri} cannot be used: {message}") from None
     return uri
+
+
+def recommender_uri(run_id: str) -> str:
+    """The model URI of a run's recommender, or a one-line DeeprecError saying why it has none
+    (MLflow's own message is a failed artifact download)."""
+    import mlflow
+    from mlflow.entities import LoggedModelStatus
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise DeeprecError(f"no run {run_id!r} in the tracking store {mlflow.get_tracking_uri()}") from None
+    models = client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = 'recommender'"
+    )
+    if any(model.status == LoggedModelStatus.READY for model in models):
+        return f"runs:/{run_id}/recommender"
+    tags = run.data.tags
+    if "deeprec.models" in tags:
+        reason = tags["deeprec.models"]
+    elif "deeprec.kind" in tags:
+        reason = f"it is a {tags['deeprec.kind']} run; recommenders come from `deeprec train` runs and sweep rows"
+    elif run.info.status != "FINISHED":
+        reason = f"it ended {run.info.status} before one was logged"
+    else:
+        reason = "none was logged"
+    raise DeeprecError(f"run {run_id} has no recommender: {reason}")

@@ -119,7 +119,6 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import optuna
-import sqlalchemy
 from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -129,7 +128,8 @@ from deeprec import __version__, cv, datasets, interrupts, tracking
 from deeprec.config import ConfigError, TrainConfig, check_cv, format_param, read_yaml_file
 from deeprec.errors import DeeprecError
 from deeprec.splits import Split
-from deeprec.tune_options import DEFAULT_GRACE_PERIOD, DEFAULT_HEARTBEAT_INTERVAL, PrunerSettings, TuneOptions
+from deeprec.study_storage import default_storage, display_storage, open_storage
+from deeprec.tune_options import PrunerSettings, TuneOptions
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,6 @@ TAG_STUDY, TAG_KIND, TAG_STATE = "optuna_study", "deeprec.kind", "trial_state"
 SETUP_ATTR = "deeprec_setup"  # study user attr: what the study was created with (checked on resume)
 MIN_FAILURE_BUDGET = 5
 MAX_COMBINATIONS = 4096  # cap on the combinations tried when checking a space value
-SQLITE_BUSY_TIMEOUT_S = 60  # several worker processes write to one SQLite file
 
 # --------------------------------------------------------------------------- search space
 
@@ -432,71 +431,7 @@ class TrialReporter:
             raise optuna.TrialPruned(f"after fold {fold + 1}: mean validation RMSE so far {running:.4f}")
 
 
-# --------------------------------------------------------------------------- storage
-
-
-def default_storage(tracking_uri: str | None = None) -> str:
-    """`optuna.db` beside an SQLite MLflow store, else in the working directory (absolute URL)."""
-    uri = tracking_uri if tracking_uri is not None else mlflow.get_tracking_uri()
-    folder = Path(".")
-    if uri.startswith("sqlite:///"):
-        db_path = uri[len("sqlite:///"):].split("?")[0]
-        if db_path and db_path != ":memory:":
-            folder = Path(db_path).parent
-    return f"sqlite:///{(folder / 'optuna.db').resolve()}"
-
-
-def display_storage(url: str) -> str:
-    """The URL with any password hidden (it is logged and printed)."""
-    if url.startswith("journal:"):
-        return url
-    try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
-        return url
-
-
-SCHEMA_RACE_ATTEMPTS = 5
-SCHEMA_RACE_SIGNS = ("already exists", "unique constraint failed", "duplicate key", "duplicate entry")
-
-
-def open_storage(
-    url: str,
-    heartbeat_interval: int = DEFAULT_HEARTBEAT_INTERVAL,
-    grace_period: int = DEFAULT_GRACE_PERIOD,
-    on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None,
-) -> optuna.storages.BaseStorage:
-    """An RDB storage with heartbeats for a SQLAlchemy URL, a journal storage for `journal:PATH`."""
-    shown = display_storage(url)
-    if url.startswith("journal:"):
-        path = Path(url[len("journal:"):]).expanduser()
-        if not path.parent.is_dir():
-            raise DeeprecError(f"storage {shown}: folder {path.parent} does not exist")
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-    try:
-        dialect = sqlalchemy.engine.make_url(url).get_backend_name()
-    except sqlalchemy.exc.ArgumentError:
-        raise DeeprecError(f"storage {shown}: not a SQLAlchemy URL (sqlite:///PATH, postgresql+psycopg2://USER@HOST/DB) or journal:PATH") from None
-    engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if dialect == "sqlite" else {"pool_pre_ping": True}
-    for attempt in range(1, SCHEMA_RACE_ATTEMPTS + 1):
-        try:
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                heartbeat_stale_trial_callback=on_stale,
-            )
-        except ImportError as exc:
-            raise DeeprecError(f"storage {shown}: database driver missing ({exc}); e.g. pip install psycopg2-binary for PostgreSQL") from None
-        except sqlalchemy.exc.SQLAlchemyError as exc:
-            message = " ".join(str(exc.orig if getattr(exc, "orig", None) else exc).split())
-            # Workers (or machines) that start together on a new database race to create Optuna's
-            # tables; the losers see "already exists" / a duplicate key. The tables are there by
-            # then, so opening again succeeds.
-            if attempt < SCHEMA_RACE_ATTEMPTS and any(sign in message.lower() for sign in SCHEMA_RACE_SIGNS):
-                log.info("storage %s: another process is creating the tables; retrying", shown)
-                time.sleep(0.5 * attempt)
-                continue
-            raise DeeprecError(f"storage {shown}: {message[:300]}") from None
-    raise AssertionError("unreachable")
+# --------------------------------------------------------------------------- study
 
 
 def default_study_name(cfg: TrainConfig, space: SearchSpace) -> str:

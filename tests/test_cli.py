@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +123,36 @@ def test_read_only_commands_create_no_tracking_store(tmp_path: Path, args: list[
     assert result.stderr.strip().endswith("mlflow.db; run this from the folder where the runs were made or set MLFLOW_TRACKING_URI to their store")
     assert len(result.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+# Runs the CLI and exits 99 if TensorFlow was imported along the way.
+CLI_WITHOUT_TENSORFLOW = """
+import sys
+from deeprec.cli import main
+code = main(sys.argv[1:])
+sys.exit(99 if "tensorflow" in sys.modules else code)
+"""
+
+
+def test_an_unknown_run_or_study_is_named_before_tensorflow_loads(tmp_path: Path) -> None:
+    import mlflow
+    import optuna
+
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.MlflowClient(tracking_uri).search_experiments()  # an existing store without the run
+    optuna.create_study(study_name="other", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    cases = [
+        (["recommend", "--run-id", "0" * 32, "--user", "1"], f"no run '{'0' * 32}' in the tracking store {tracking_uri}"),
+        (["replay-pruning", "--study-name", "missing"], "study 'missing' not in sqlite:///"),
+        (["replay-pruning", "--study-name", "missing", "--storage", f"sqlite:///{tmp_path / 'nothing.db'}"], "nothing.db: no such file"),
+    ]
+    for args, message in cases:
+        result = subprocess.run([sys.executable, "-c", CLI_WITHOUT_TENSORFLOW, *args], capture_output=True, text=True, cwd=tmp_path,
+                                env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}, timeout=120)
+        assert result.returncode == 2, (args, result.returncode, result.stderr[-500:])
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("deeprec: error: ") and message in line, line
+    assert not (tmp_path / "nothing.db").exists()
 
 
 @pytest.mark.parametrize(

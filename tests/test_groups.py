@@ -75,3 +75,12 @@ def test_cv_refuses_groups(workspace: Path) -> None:
     cfg = TrainConfig(groups="kmeans:2", **TINY).validate()
     with pytest.raises(DeeprecError, match="groups: cross-validation and tuning"):
         cv.fold_splits(cfg, datasets.load(datasets.get_spec("ml-1m")), 2)
+
+
+def test_groups_the_data_cannot_make_fail_before_a_run_starts(workspace: Path) -> None:
+    cfg = TrainConfig(groups="kmeans:50", **TINY).validate()  # 42 users
+    with pytest.raises(DeeprecError, match="groups: kmeans:50 needs at least 50 users, the training data has 42"):
+        tracking.train_tracked(cfg)
+    assert MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()]) == []
+    prepared = experiment.prepare(TrainConfig(groups="kmeans:2", **TINY).validate())
+    assert sorted(prepared.groups) == ["cluster-1", "cluster-2"]  # found once, used by the run

@@ -11,7 +11,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from deeprec import pruning_replay, tune
+from deeprec import pruning_replay, study_storage, tune
 from deeprec.cli import main
 from deeprec.errors import DeeprecError
 
@@ -65,16 +65,16 @@ def test_early_epochs_prune_the_slow_learner_that_wins_and_fold_checks_keep_it(t
 def test_replay_checks_its_inputs(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path}/optuna.db"
     with pytest.raises(DeeprecError, match="no such file"):
-        pruning_replay.load_finished_study("replayed", storage)
+        study_storage.load_finished_study("replayed", storage)
     assert not (tmp_path / "optuna.db").exists()  # looking did not create it
     make_study(storage)
     with pytest.raises(DeeprecError, match="'other' not in .* it has: replayed"):
-        pruning_replay.load_finished_study("other", storage)
+        study_storage.load_finished_study("other", storage)
     foreign = optuna.create_study(study_name="foreign", storage=storage)
     with pytest.raises(DeeprecError, match="not made by `deeprec tune`"):
         pruning_replay.replay(foreign, [tune.PrunerSettings()])
     with pytest.raises(DeeprecError, match="only the median pruner"):
-        pruning_replay.replay(pruning_replay.load_finished_study("replayed", storage), [tune.PrunerSettings("hyperband")])
+        pruning_replay.replay(study_storage.load_finished_study("replayed", storage), [tune.PrunerSettings("hyperband")])
 
 
 def test_cli_prints_each_rule_and_a_json_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from conftest import synthetic_ratings, write_ml1m
-from deeprec import tune
+from deeprec import study_storage, tune
 from deeprec.cli import build_parser, main
 from deeprec.config import TrainConfig
 from deeprec.errors import DeeprecError
@@ -295,18 +295,18 @@ def test_reporter_raises_trial_pruned_when_told() -> None:
 
 
 def test_default_storage_sits_beside_an_sqlite_mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert tune.default_storage(f"sqlite:///{tmp_path}/runs/mlflow.db") == f"sqlite:///{tmp_path}/runs/optuna.db"
+    assert study_storage.default_storage(f"sqlite:///{tmp_path}/runs/mlflow.db") == f"sqlite:///{tmp_path}/runs/optuna.db"
     monkeypatch.chdir(tmp_path)
-    assert tune.default_storage("http://127.0.0.1:5000") == f"sqlite:///{tmp_path}/optuna.db"
-    assert tune.default_storage("file:///somewhere/mlruns") == f"sqlite:///{tmp_path}/optuna.db"
+    assert study_storage.default_storage("http://127.0.0.1:5000") == f"sqlite:///{tmp_path}/optuna.db"
+    assert study_storage.default_storage("file:///somewhere/mlruns") == f"sqlite:///{tmp_path}/optuna.db"
 
 
 OPEN_AT = """
 import sys, time
-from deeprec import tune
+from deeprec import study_storage
 start = float(sys.argv[2])
 time.sleep(max(0.0, start - time.time()))  # every process opens the fresh database at the same moment
-tune.open_storage(sys.argv[1])
+study_storage.open_storage(sys.argv[1])
 """
 
 
@@ -322,12 +322,12 @@ def test_workers_starting_together_on_a_new_database_all_open_it(tmp_path: Path)
 
 
 def test_storage_urls_hide_passwords_and_bad_ones_fail_in_one_line(tmp_path: Path) -> None:
-    assert tune.display_storage("postgresql+psycopg2://me:secret@db.example:5432/optuna") == "postgresql+psycopg2://me:***@db.example:5432/optuna"
-    assert tune.display_storage("journal:/x/j.log") == "journal:/x/j.log"
+    assert study_storage.display_storage("postgresql+psycopg2://me:secret@db.example:5432/optuna") == "postgresql+psycopg2://me:***@db.example:5432/optuna"
+    assert study_storage.display_storage("journal:/x/j.log") == "journal:/x/j.log"
     for url, message in (("nonsense", "not a SQLAlchemy URL"), (f"sqlite:///{tmp_path}/missing/dir/optuna.db", "unable to open database file"),
                          (f"journal:{tmp_path}/missing/j.log", "does not exist")):
         with pytest.raises(DeeprecError) as err:
-            tune.open_storage(url)
+            study_storage.open_storage(url)
         assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -443,7 +443,7 @@ def test_pruning_on_a_crafted_study_with_the_journal_storage(workspace: Path, ca
     (workspace / "lr_space.yaml").write_text("params:\n  lr: [0.3, 1.0e-5]\nfixed:\n  l2: 0.0001\n  dropout: 0.0\n")
     journal = workspace / "journal.log"
     name = "crafted"
-    study = optuna.create_study(study_name=name, storage=tune.open_storage(f"journal:{journal}"))
+    study = optuna.create_study(study_name=name, storage=study_storage.open_storage(f"journal:{journal}"))
     for lr in (0.3, 1e-5, 1e-5):
         study.enqueue_trial({"lr": lr})
     result = tune_json(capsys, "--space", "lr_space.yaml", "--storage", f"journal:{journal}", "--study-name", name, "--n-trials", "3",
@@ -552,14 +552,14 @@ def test_a_signal_to_the_whole_group_stops_two_workers_cleanly(workspace: Path) 
                              "--study-name", name, "--storage", storage, "--no-refit", "--pruner", "none"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        _running_trial(tune.open_storage(storage), name)
+        _running_trial(study_storage.open_storage(storage), name)
         os.killpg(coordinator.pid, signal.SIGINT)
         _, err = coordinator.communicate(timeout=120)
     finally:
         if coordinator.poll() is None:
             coordinator.kill()
     assert coordinator.returncode == 130, err
-    study = load(tune.open_storage(storage), name)
+    study = load(study_storage.open_storage(storage), name)
     assert study.trials and all(t.state != TrialState.RUNNING for t in study.trials)
     (parent,) = mlflow.search_runs(filter_string=f"tags.optuna_study = '{name}' and tags.`deeprec.kind` = 'tune'", output_format="list")
     runs = trial_runs(parent.info.run_id)

@@ -1,0 +1,105 @@
+"""Where Optuna studies live: the default storage, opening one, and finding a finished study.
+
+Kept apart from `deeprec.tune` because it needs Optuna and SQLAlchemy only, not TensorFlow:
+`deeprec replay-pruning` with a wrong storage or study name answers in a second or two, in one
+line, before the tuning code (and TensorFlow) is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from optuna.trial import FrozenTrial
+
+from deeprec.errors import DeeprecError
+from deeprec.tune_options import DEFAULT_GRACE_PERIOD, DEFAULT_HEARTBEAT_INTERVAL
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_S = 60  # several worker processes write to one SQLite file
+SCHEMA_RACE_ATTEMPTS = 5
+SCHEMA_RACE_SIGNS = ("already exists", "unique constraint failed", "duplicate key", "duplicate entry")
+
+
+def default_storage(tracking_uri: str | None = None) -> str:
+    """`optuna.db` beside an SQLite MLflow store, else in the working directory (absolute URL)."""
+    if tracking_uri is None:
+        import mlflow
+
+        tracking_uri = mlflow.get_tracking_uri()
+    folder = Path(".")
+    if tracking_uri.startswith("sqlite:///"):
+        db_path = tracking_uri[len("sqlite:///"):].split("?")[0]
+        if db_path and db_path != ":memory:":
+            folder = Path(db_path).parent
+    return f"sqlite:///{(folder / 'optuna.db').resolve()}"
+
+
+def display_storage(url: str) -> str:
+    """The URL with any password hidden (it is logged and printed)."""
+    if url.startswith("journal:"):
+        return url
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+
+
+def open_storage(
+    url: str,
+    heartbeat_interval: int | None = DEFAULT_HEARTBEAT_INTERVAL,
+    grace_period: int | None = DEFAULT_GRACE_PERIOD,
+    on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+) -> optuna.storages.BaseStorage:
+    """An RDB storage with heartbeats for a SQLAlchemy URL, a journal storage for `journal:PATH`.
+    `heartbeat_interval=None` opens it without heartbeats, for reading a study that no trial of
+    this process will run in."""
+    shown = display_storage(url)
+    if url.startswith("journal:"):
+        path = Path(url[len("journal:"):]).expanduser()
+        if not path.parent.is_dir():
+            raise DeeprecError(f"storage {shown}: folder {path.parent} does not exist")
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    try:
+        dialect = sqlalchemy.engine.make_url(url).get_backend_name()
+    except sqlalchemy.exc.ArgumentError:
+        raise DeeprecError(f"storage {shown}: not a SQLAlchemy URL (sqlite:///PATH, postgresql+psycopg2://USER@HOST/DB) or journal:PATH") from None
+    engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if dialect == "sqlite" else {"pool_pre_ping": True}
+    for attempt in range(1, SCHEMA_RACE_ATTEMPTS + 1):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                heartbeat_stale_trial_callback=on_stale,
+            )
+        except ImportError as exc:
+            raise DeeprecError(f"storage {shown}: database driver missing ({exc}); e.g. pip install psycopg2-binary for PostgreSQL") from None
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            message = " ".join(str(exc.orig if getattr(exc, "orig", None) else exc).split())
+            # Workers (or machines) that start together on a new database race to create Optuna's
+            # tables; the losers see "already exists" / a duplicate key. The tables are there by
+            # then, so opening again succeeds.
+            if attempt < SCHEMA_RACE_ATTEMPTS and any(sign in message.lower() for sign in SCHEMA_RACE_SIGNS):
+                log.info("storage %s: another process is creating the tables; retrying", shown)
+                time.sleep(0.5 * attempt)
+                continue
+            raise DeeprecError(f"storage {shown}: {message[:300]}") from None
+    raise AssertionError("unreachable")
+
+
+def load_finished_study(study_name: str, storage_url: str) -> optuna.Study:
+    """A study that already exists, without creating a storage or a study that is not there."""
+    shown = display_storage(storage_url)
+    if storage_url.startswith("sqlite:///") and not Path(storage_url[len("sqlite:///"):]).is_file():
+        raise DeeprecError(f"storage {shown}: no such file")
+    if storage_url.startswith("journal:") and not Path(storage_url[len("journal:"):]).expanduser().is_file():
+        raise DeeprecError(f"storage {shown}: no such file")
+    storage = open_storage(storage_url, heartbeat_interval=None, grace_period=None)  # read only: no trial runs here
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    if study_name not in names:
+        raise DeeprecError(f"study {study_name!r} not in {shown}; it has: {', '.join(sorted(names)) or 'no studies'}")
+    return optuna.load_study(study_name=study_name, storage=storage)
