@@ -31,6 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 import tensorflow as tf
 
+from deeprec import compiled
 from deeprec.config import TrainConfig
 from deeprec.models import l2_penalties, penalty_value
 
@@ -230,7 +231,7 @@ class SparseStepper:
         # their gradient is added by hand (see l2_penalties); the output kernel's is the copy's
         self.penalties = [(self.output_kernel_t if kernel is output.kernel else kernel, l2) for kernel, l2 in l2_penalties(model)]
         self.optimizer.build(self.weights)
-        self.step = tf.function(self._step)
+        self.step = compiled.per_instance(self._step)
 
     def write_back(self) -> None:
         """Put the trained output kernel into the model."""
@@ -300,8 +301,8 @@ class SparseEvaluator:
         per_row = sum(np.diff(csr.indptr) for csr in targets_by_name.values()) if targets_by_name else np.zeros(train.csr.shape[0], np.int64)
         self.blocks = _blocks(np.asarray(per_row), block_rows, block_ratings)
         # One trace for every block: blocks hold different numbers of rows.
-        self.hidden = tf.function(self._hidden, input_signature=[tf.TensorSpec([None], tf.int64)])
-        self.squared_errors = tf.function(self._squared_errors, reduce_retracing=True)
+        self.hidden = compiled.per_instance(self._hidden, input_signature=[tf.TensorSpec([None], tf.int64)])
+        self.squared_errors = compiled.per_instance(self._squared_errors, reduce_retracing=True)
 
     def _hidden(self, rows: tf.Tensor) -> tf.Tensor:
         positions, columns, values = self.inputs.take(rows)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -24,6 +26,17 @@ log = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_S = 60  # several worker processes write to one SQLite file
 SCHEMA_RACE_ATTEMPTS = 5
 SCHEMA_RACE_SIGNS = ("already exists", "unique constraint failed", "duplicate key", "duplicate entry")
+
+
+@contextmanager
+def using_experimental_optuna_features() -> Iterator[None]:
+    """Around the calls that use Optuna features marked experimental, chosen on purpose: heartbeats
+    (how stale trials of killed workers are failed) and the matplotlib plots logged per study.
+    Optuna's ExperimentalWarning would otherwise print on every `deeprec tune`, once per worker,
+    about an interface change no user of deeprec can act on. Other warnings still show."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        yield
 
 
 def default_storage(tracking_uri: str | None = None) -> str:
@@ -72,10 +85,11 @@ def open_storage(
     engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if dialect == "sqlite" else {"pool_pre_ping": True}
     for attempt in range(1, SCHEMA_RACE_ATTEMPTS + 1):
         try:
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                heartbeat_stale_trial_callback=on_stale,
-            )
+            with using_experimental_optuna_features():
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                    heartbeat_stale_trial_callback=on_stale,
+                )
         except ImportError as exc:
             raise DeeprecError(f"storage {shown}: database driver missing ({exc}); e.g. pip install psycopg2-binary for PostgreSQL") from None
         except sqlalchemy.exc.SQLAlchemyError as exc:

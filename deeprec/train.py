@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 import tensorflow as tf
 
-from deeprec import interrupts, sparse
+from deeprec import compiled, interrupts, sparse
 from deeprec.config import TrainConfig
 from deeprec.errors import DeeprecError
 from deeprec.losses import LOSSES
@@ -166,9 +166,9 @@ class _Stepper:
             self.inputs, self.targets, self.mask = (tf.constant(a) for a in cached)
         # The optimizer's state is created now: a compiled loop cannot create variables.
         self.optimizer.build(model.trainable_weights)
-        self.epoch_rows = tf.function(self._epoch_rows)
-        self.block_errors = tf.function(self._block_errors, reduce_retracing=True)
-        self.step_batch = tf.function(self._step_batch)
+        self.epoch_rows = compiled.per_instance(self._epoch_rows)
+        self.block_errors = compiled.per_instance(self._block_errors, reduce_retracing=True)
+        self.step_batch = compiled.per_instance(self._step_batch)
 
     def epoch_cached(self, order: np.ndarray) -> float:
         """One epoch on the cached matrices: the batches of `order` in one compiled loop, as
@@ -268,7 +268,7 @@ def predict_rows(model: keras.Model, data: TrainingData, rows: np.ndarray, forwa
 
 
 def compiled_forward(model: keras.Model, n_inputs: int) -> Callable:
-    return tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, n_inputs], tf.float32)])
+    return compiled.per_instance(lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, n_inputs], tf.float32)])
 
 
 def observed_errors(predict: Callable[[np.ndarray], np.ndarray], targets_by_name: dict, n_rows: int, scale: tuple[float, float]) -> dict[str, float]:

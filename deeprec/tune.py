@@ -128,7 +128,7 @@ from deeprec import __version__, cv, datasets, interrupts, tracking
 from deeprec.config import ConfigError, TrainConfig, check_cv, format_param, read_yaml_file
 from deeprec.errors import DeeprecError
 from deeprec.splits import Split
-from deeprec.study_storage import default_storage, display_storage, open_storage
+from deeprec.study_storage import default_storage, display_storage, open_storage, using_experimental_optuna_features
 from deeprec.tune_options import PrunerSettings, TuneOptions
 
 log = logging.getLogger(__name__)
@@ -647,7 +647,8 @@ def run_worker(spec: WorkerSpec, dataset: datasets.Dataset | None = None) -> dic
             # The remaining slots are held by running trials: wait until they finish, or until
             # their heartbeat is stale (a dead worker) and they are failed here, freeing the slot.
             # (Before each trial Optuna itself fails stale trials.)
-            optuna.storages.fail_stale_trials(study)
+            with using_experimental_optuna_features():
+                optuna.storages.fail_stale_trials(study)
             time.sleep(min(spec.heartbeat_interval, 5))
             continue
         try:
@@ -891,7 +892,8 @@ def _log_plots(study: optuna.Study, n_complete: int) -> None:
             note = f"skipped: needs {needed} complete trial(s), the study has {n_complete}"
         else:
             try:
-                axes = plot(study)
+                with using_experimental_optuna_features():
+                    axes = plot(study)
             except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. importances of parameters that never varied
                 note = f"skipped: {exc}"
             else:

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -319,6 +320,14 @@ def test_workers_starting_together_on_a_new_database_all_open_it(tmp_path: Path)
         workers = [subprocess.Popen([sys.executable, "-c", OPEN_AT, url, str(start)], stderr=subprocess.PIPE, text=True) for _ in range(4)]
         failures = [w.stderr.read() for w in workers if w.wait(timeout=120) != 0]
         assert not failures, failures[0][-500:]
+
+
+def test_opening_a_storage_with_heartbeats_prints_no_experimental_warning(tmp_path: Path) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        study_storage.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+        warnings.warn("still shown", UserWarning)  # only Optuna's ExperimentalWarning is left out
+    assert [type(w.message) for w in caught] == [UserWarning]
 
 
 def test_storage_urls_hide_passwords_and_bad_ones_fail_in_one_line(tmp_path: Path) -> None:
