@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from deeprec import __version__, datasets, interrupts, tracking_store
-from deeprec.config import FIELD_DOCS, MAX_SEED, TrainConfig, check_cv, read_yaml_file
+from deeprec.config import FIELD_DOCS, MAX_SEED, TrainConfig, check_cv, parse_bool
 from deeprec.errors import DeeprecError
 from deeprec.ratings import DUPLICATE_POLICIES
 from deeprec.splits import REPORT_SEED, SPLIT_NAMES, check_split_for, describe_split, make_split
@@ -55,10 +55,10 @@ def _seed(text: str) -> int:
 
 
 def _boolean(text: str) -> bool:
-    value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(str(text).strip().lower())
-    if value is None:
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return value
+    try:
+        return parse_bool(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _header(text: str) -> bool | None:
@@ -277,10 +277,11 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     tracking_store.check_store_usable()
-    from deeprec import tracking  # heavy (TensorFlow, MLflow): imported only once the config and store are good
+    dataset = datasets.load(datasets.get_spec(cfg.dataset))  # a bad ratings file is one line, before TensorFlow's start-up lines
+    from deeprec import tracking  # heavy (TensorFlow, MLflow): imported only once the config, store and data are good
 
     log.info("%s", tracking.tracking_summary())
-    result = tracking.train_tracked(cfg, run_name=args.run_name)
+    result = tracking.train_tracked(cfg, run_name=args.run_name, dataset=dataset)
     summary = {"run_id": result.run_id, **{k: v for k, v in result.metrics.items()}}
     if args.json:
         print(json.dumps(summary))
@@ -296,10 +297,11 @@ def cmd_cv(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     check_cv(cfg, args.folds)
     tracking_store.check_store_usable()
-    from deeprec import tracking  # heavy: imported only once the config and store are good
+    dataset = datasets.load(datasets.get_spec(cfg.dataset))  # a bad ratings file is one line, before TensorFlow's start-up lines
+    from deeprec import tracking  # heavy: imported only once the config, store and data are good
 
     log.info("%s", tracking.tracking_summary())
-    run_id, result, test = tracking.track_cv(cfg, args.folds, refit=args.refit, run_name=args.run_name, ensemble=args.ensemble)
+    run_id, result, test = tracking.track_cv(cfg, args.folds, refit=args.refit, run_name=args.run_name, ensemble=args.ensemble, dataset=dataset)
     summary = {"run_id": run_id, **result.metrics(), "fold_valid_rmse": result.scores.tolist(), **test}
     if args.json:
         print(json.dumps(summary))
@@ -365,12 +367,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
         pruner=PrunerSettings(args.pruner, args.pruner_startup_trials, args.pruner_warmup_steps, args.prune_every), refit=args.refit,
         heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
     ).validate()
-    if args.space:
-        read_yaml_file(args.space, "search-space")  # present and valid YAML; its keys are checked with the space
-    tracking_store.check_store_usable()
-    from deeprec import tune  # heavy: imported only once the config, options and store are good
+    from deeprec.search_space import load_space
 
-    space = tune.load_space(args.space or None)
+    space = load_space(args.space or None)  # every key and range checked before anything heavy
+    base = space.base_config(cfg)
+    space.check(base)  # a searched value no trial could use
+    check_cv(base, args.folds)
+    tracking_store.check_store_usable()
+    from deeprec import tune  # heavy: imported only once the config, options, space and store are good
+
     result = tune.run_study(cfg, space, options)
     if args.json:
         print(json.dumps(result.to_dict()))

@@ -253,6 +253,16 @@ def format_param(value: Any) -> str:
     return str(value)
 
 
+def parse_bool(value: Any) -> bool:
+    """true/false, yes/no or 1/0 in any case (as typed after -P, --flag or in YAML); ValueError otherwise."""
+    if isinstance(value, bool):
+        return value
+    parsed = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(str(value).strip().lower())
+    if parsed is None:
+        raise ValueError(f"expected true or false, got {value!r}")
+    return parsed
+
+
 def _parse(name: str, annotation: str, value: Any) -> Any:
     """Convert a string (or typed) value to the field's type, with a one-line error naming it."""
     optional = "None" in str(annotation)
@@ -261,14 +271,7 @@ def _parse(name: str, annotation: str, value: Any) -> Any:
     kind = str(annotation).split("|")[0].strip()
     try:
         if kind == "bool":
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("true", "1", "yes"):
-                return True
-            if text in ("false", "0", "no"):
-                return False
-            raise ValueError
+            return parse_bool(value)
         if kind == "int":
             number = float(value)
             if not number.is_integer():

@@ -55,7 +55,7 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 
 from deeprec import datasets, interrupts
-from deeprec.config import ConfigError, TrainConfig, check_cv, check_param_names, format_param, read_yaml_file
+from deeprec.config import ConfigError, TrainConfig, check_cv, check_param_names, format_param, parse_bool, read_yaml_file
 from deeprec.errors import DeeprecError
 
 log = logging.getLogger(__name__)
@@ -393,7 +393,11 @@ def logged_cv(run) -> RowCV | None:
     params = run.data.params
     if "folds" not in params:
         return None
-    return RowCV(int(params["folds"]), params.get("ensemble") == "True")
+    # As deeprec logged them ("5", "True") or as `mlflow run -e cv` did ("5.0", "true") from -P values.
+    try:
+        return RowCV(int(float(params["folds"])), parse_bool(params.get("ensemble", "false")))
+    except ValueError:
+        return None
 
 
 def trained_row_config(run, experiment: Experiment, row: Row) -> bool:

@@ -44,12 +44,18 @@ class RunResult:
     history: list[dict]
 
 
-def log_config(cfg: TrainConfig) -> None:
-    """Log every config field as a param. Under `mlflow run` the -P values are already logged (as
-    the user typed them, e.g. lr=1e-3); MLflow forbids re-logging a param, so only the rest are added."""
+def log_new_params(params: dict) -> None:
+    """Log the params the active run does not have yet. Under `mlflow run` the -P values (and the
+    entry point's defaults) are already logged, as the user typed them (lr=1e-3, ensemble=true);
+    MLflow forbids logging a param again with another value, so only the rest are added."""
     run = mlflow.active_run()
     existing = mlflow.get_run(run.info.run_id).data.params if run else {}
-    mlflow.log_params({k: v for k, v in cfg.to_params().items() if k not in existing})
+    mlflow.log_params({k: v for k, v in params.items() if k not in existing})
+
+
+def log_config(cfg: TrainConfig) -> None:
+    """Log every config field as a param (those `mlflow run` has not logged already)."""
+    log_new_params(cfg.to_params())
 
 
 def dataset_input(prepared: experiment.Prepared) -> mlflow.data.dataset.Dataset:
@@ -174,19 +180,22 @@ def track_cv(
     ensemble: bool = False,
     tags: dict[str, str] | None = None,
     parent_run_id: str | None = None,
+    dataset: experiment.datasets.Dataset | None = None,
 ) -> tuple[str, cv.CVResult, dict[str, float]]:
     """One parent run (mean ± std over folds, per-fold metrics with step=fold, a fold plot) and one
     nested run per fold with its per-epoch curves; with `refit`, a nested "refit" run trained on
     all non-test ratings for the CV-chosen epochs and evaluated on the test split once; with
     `ensemble`, the fold models' average scored on the test split (`ensemble_*` on the parent).
-    `tags` are added to the parent's (a sweep's row); `parent_run_id` nests it under that run."""
+    `tags` are added to the parent's (a sweep's row); `parent_run_id` nests it under that run;
+    `dataset` is cfg's dataset already loaded (else it is loaded here)."""
     cfg.validate()
-    dataset = experiment.datasets.load(experiment.datasets.get_spec(cfg.dataset))
+    if dataset is None:
+        dataset = experiment.datasets.load(experiment.datasets.get_spec(cfg.dataset))
     base, splits = cv.fold_splits(cfg, dataset, folds)
     results: list[cv.FoldResult] = []
     with mlflow.start_run(run_name=run_name or f"cv {folds} folds", parent_run_id=parent_run_id) as parent, killed_on_interrupt():
         log_config(cfg)
-        mlflow.log_params({"folds": folds, "ensemble": ensemble})
+        log_new_params({"folds": folds, "ensemble": ensemble})
         mlflow.set_tags(run_tags(cfg, dataset, {"deeprec.kind": "cv", **(tags or {})}))
         for fold, split in enumerate(splits):
             with mlflow.start_run(run_name=f"fold {fold + 1}/{folds}", nested=True), killed_on_interrupt():
@@ -242,11 +251,13 @@ def tracked_refit(cfg: TrainConfig, epochs: int, dataset, tags: dict[str, str] |
 
 
 def train_tracked(
-    cfg: TrainConfig, run_name: str | None = None, tags: dict[str, str] | None = None, nested: bool = False, parent_run_id: str | None = None
+    cfg: TrainConfig, run_name: str | None = None, tags: dict[str, str] | None = None, nested: bool = False, parent_run_id: str | None = None,
+    dataset: experiment.datasets.Dataset | None = None,
 ) -> RunResult:
-    """Prepare data, train, evaluate and log one run; return its id, final metrics and history."""
+    """Prepare data, train, evaluate and log one run; return its id, final metrics and history.
+    `dataset`: cfg's dataset already loaded (else it is loaded here)."""
     cfg.validate()
-    prepared = experiment.prepare(cfg)
+    prepared = experiment.prepare(cfg, dataset=dataset)
     with mlflow.start_run(run_name=run_name, nested=nested, parent_run_id=parent_run_id) as run, killed_on_interrupt():
         log_config(cfg)
         mlflow.set_tags(run_tags(cfg, prepared.dataset, tags))

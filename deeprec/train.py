@@ -412,9 +412,10 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
             best_weights.save()
         elapsed = time.perf_counter() - started
         left = elapsed / epoch * (cfg.epochs - epoch)
+        valid = f"{errors['valid_rmse']:.4f}" if "valid_rmse" in errors else "-"  # a refit has no validation ratings
         log.info(
-            "epoch %d/%d  loss %.4f  train_rmse %.4f  valid_rmse %.4f  %.1fs  ~%s left",
-            epoch, cfg.epochs, train_loss, errors["train_rmse"], errors.get("valid_rmse", float("nan")), seconds, _duration(left),
+            "epoch %d/%d  loss %.4f  train_rmse %.4f  valid_rmse %s  %.1fs  ~%s left",
+            epoch, cfg.epochs, train_loss, errors["train_rmse"], valid, seconds, _duration(left),
         )
         if on_epoch is not None:
             on_epoch(record)

@@ -57,7 +57,8 @@ Optuna's optimization history, parallel coordinate and parameter importance plot
 Unless refit is off, the best trial's config is then retrained on all non-test ratings for its
 CV-chosen epochs and evaluated on the test split once, as its own top-level run tagged
 `optuna_study`, `study_parent_run_id` and `best_trial_number`; its test metrics are copied to the
-parent as `refit_<metric>`.
+parent as `refit_<metric>`, with the tag `refit_trial_number`. A study resumed without a refit
+whose best trial changed tags its parent `refit_stale` (those metrics are an earlier trial's).
 
 Storage. Default: an SQLite Optuna database `optuna.db` beside the MLflow store when the tracking
 URI is `sqlite:///…/x.db`, else `./optuna.db`. Any SQLAlchemy URL works
@@ -100,18 +101,16 @@ it samples) varies from run to run, so exact reproducibility is not possible.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import logging
-import math
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -125,8 +124,9 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
 from deeprec import __version__, cv, datasets, interrupts, tracking
-from deeprec.config import ConfigError, TrainConfig, check_cv, format_param, read_yaml_file
+from deeprec.config import ConfigError, TrainConfig, check_cv, format_param
 from deeprec.errors import DeeprecError
+from deeprec.search_space import SearchSpace, load_space, trial_config
 from deeprec.splits import Split
 from deeprec.study_storage import default_storage, display_storage, open_storage, using_experimental_optuna_features
 from deeprec.tune_options import PrunerSettings, TuneOptions
@@ -136,247 +136,10 @@ log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 TAG_STUDY, TAG_KIND, TAG_STATE = "optuna_study", "deeprec.kind", "trial_state"
+TAG_REFIT_TRIAL = "refit_trial_number"  # parent-run tag: whose refit the refit_* metrics are
+TAG_STALE_REFIT = "refit_stale"  # parent-run tag while the best trial has changed since the refit
 SETUP_ATTR = "deeprec_setup"  # study user attr: what the study was created with (checked on resume)
 MIN_FAILURE_BUDGET = 5
-MAX_COMBINATIONS = 4096  # cap on the combinations tried when checking a space value
-
-# --------------------------------------------------------------------------- search space
-
-NOT_SEARCHABLE = {
-    "dataset": "every trial must see the same data",
-    "split": "every trial must hold out the same test ratings",
-    "seed": "the folds depend on it; fix it instead",
-    "epochs": "the pruning steps depend on it; early stopping (patience) picks the epochs",
-}
-SPEC_KEYS = {"float": ("type", "low", "high", "log", "step"), "int": ("type", "low", "high", "log", "step"), "categorical": ("type", "choices")}
-FIELD_KINDS = {f.name: str(f.type).split("|")[0].strip() for f in dataclasses.fields(TrainConfig)}
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One searched parameter: a float or int range (optionally log-scaled or stepped) or choices."""
-
-    kind: str  # float | int | categorical
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: tuple[Any, ...] = ()
-
-    def suggest(self, trial: optuna.Trial, name: str) -> Any:
-        if self.kind == "float":
-            return trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
-        if self.kind == "int":
-            return trial.suggest_int(name, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
-        return trial.suggest_categorical(name, list(self.choices))
-
-    def candidates(self) -> tuple[Any, ...]:
-        """The values checked against the config before any training: the bounds or the choices."""
-        if self.kind == "categorical":
-            return self.choices
-        cast = int if self.kind == "int" else float
-        return (cast(self.low), cast(self.high))
-
-    def to_dict(self) -> dict[str, Any]:
-        if self.kind == "categorical":
-            return {"type": "categorical", "choices": list(self.choices)}
-        spec: dict[str, Any] = {"type": self.kind, "low": self.low, "high": self.high, "log": self.log}
-        if self.step is not None:
-            spec["step"] = self.step
-        return spec
-
-
-DEFAULT_PARAMS: dict[str, ParamSpec] = {
-    "l2": ParamSpec("float", 1e-6, 1e-2, log=True),
-    "dropout": ParamSpec("float", 0.0, 0.9),
-    "lr": ParamSpec("float", 1e-4, 1e-2, log=True),
-}
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    """Searched parameters and fixed config fields; `source` names the file in error messages."""
-
-    params: dict[str, ParamSpec]
-    fixed: dict[str, Any] = field(default_factory=dict)
-    source: str = "default search space"
-
-    @property
-    def is_default(self) -> bool:
-        return self.params == DEFAULT_PARAMS and not self.fixed
-
-    @property
-    def name(self) -> str:
-        return "default" if self.source == "default search space" else Path(self.source).stem
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"params": {n: s.to_dict() for n, s in self.params.items()}, "fixed": {k: format_param(v) for k, v in self.fixed.items()}}
-
-    @classmethod
-    def from_dict(cls, doc: Mapping[str, Any], source: str = "default search space") -> SearchSpace:
-        """Rebuild from `to_dict()` output (how a worker process receives the space)."""
-        return parse_space({"params": dict(doc["params"]), "fixed": dict(doc.get("fixed") or {})}, source, merge_default=False)
-
-    def base_config(self, cfg: TrainConfig) -> TrainConfig:
-        """The command-line config with `fixed` applied on top, except where the command line set a
-        field to something other than its default: that value wins (a smoke run of a tuned space
-        with `--epochs 2` trains 2 epochs). Only non-default values count as set, because
-        `mlflow run -e tune` passes every option, most of them at their defaults."""
-        params = cfg.to_params()
-        defaults = TrainConfig().to_params()
-        for key, value in self.fixed.items():
-            if params[key] != defaults[key]:
-                if params[key] != format_param(value):
-                    log.info("%s: fixed.%s = %s overridden by the command line's %s", self.source, key, format_param(value), params[key])
-                continue
-            try:
-                TrainConfig.from_params({**params, key: value})
-            except ConfigError as exc:
-                raise DeeprecError(f"{self.source}: fixed.{key}: {exc}") from None
-            params[key] = value
-        try:
-            return TrainConfig.from_params(params)
-        except ConfigError as exc:
-            raise DeeprecError(f"{self.source}: fixed: {exc}") from None
-
-    def check(self, base: TrainConfig) -> None:
-        """Every bound and choice must be valid with the base config and some combination of the
-        other searched parameters' bounds or choices; otherwise no trial could ever use it."""
-        for name, spec in self.params.items():
-            other_names = [n for n in self.params if n != name]
-            for value in spec.candidates():
-                error = _config_error(base, {name: value})
-                if error is None:
-                    continue
-                combos = itertools.islice(itertools.product(*(self.params[n].candidates() for n in other_names)), MAX_COMBINATIONS)
-                if all(_config_error(base, {name: value, **dict(zip(other_names, combo))}) for combo in combos):
-                    raise DeeprecError(f"{self.source}: params.{name}: value {value!r} can never be used ({error})")
-
-
-def trial_config(base: TrainConfig, values: Mapping[str, Any]) -> TrainConfig:
-    """The base config with a trial's values, parsed to the fields' types and validated."""
-    return TrainConfig.from_params({**base.to_params(), **values})
-
-
-def _config_error(base: TrainConfig, values: Mapping[str, Any]) -> ConfigError | None:
-    try:
-        trial_config(base, values)
-    except ConfigError as exc:
-        return exc
-    return None
-
-
-def load_space(path: str | Path | None = None) -> SearchSpace:
-    """The default space, or a YAML file merged over it; every error names the file and key."""
-    if path is None or str(path) == "":
-        return SearchSpace(dict(DEFAULT_PARAMS))
-    return parse_space(read_yaml_file(path, "search-space"), str(path))
-
-
-def parse_space(doc: Any, source: str, merge_default: bool = True) -> SearchSpace:
-    """Validate a space document (`params`, `fixed`); with `merge_default`, merge it over the default."""
-    if doc is None:
-        doc = {}
-    if not isinstance(doc, dict):
-        raise DeeprecError(f"{source}: expected a mapping with params and fixed, got {type(doc).__name__}")
-    unknown = sorted(set(map(str, doc)) - {"params", "fixed"})
-    if unknown:
-        raise DeeprecError(f"{source}: unknown key {unknown[0]!r}; expected params, fixed")
-    params_doc = doc.get("params") or {}
-    fixed_doc = doc.get("fixed") or {}
-    if not isinstance(params_doc, dict):
-        raise DeeprecError(f"{source}: params: expected a mapping of config field to spec")
-    if not isinstance(fixed_doc, dict):
-        raise DeeprecError(f"{source}: fixed: expected a mapping of config field to value")
-    params = dict(DEFAULT_PARAMS) if merge_default else {}
-    for name, spec in params_doc.items():
-        name = str(name)
-        _check_field(source, f"params.{name}", name)
-        if name in NOT_SEARCHABLE:
-            raise DeeprecError(f"{source}: params.{name}: cannot be searched ({NOT_SEARCHABLE[name]})")
-        if spec is None:
-            params.pop(name, None)
-        else:
-            params[name] = _parse_spec(source, name, spec)
-    fixed: dict[str, Any] = {}
-    for name, value in fixed_doc.items():
-        name = str(name)
-        _check_field(source, f"fixed.{name}", name)
-        if name in params_doc and params_doc[name] is not None:
-            raise DeeprecError(f"{source}: fixed.{name}: also under params; a parameter is either searched or fixed")
-        if isinstance(value, (dict, list)):
-            raise DeeprecError(f"{source}: fixed.{name}: expected a single value, got a {type(value).__name__}")
-        params.pop(name, None)
-        fixed[name] = value
-    return SearchSpace(params, fixed, source)
-
-
-def _check_field(source: str, key: str, name: str) -> None:
-    if name not in FIELD_KINDS:
-        raise DeeprecError(f"{source}: {key}: unknown config field; known: {', '.join(FIELD_KINDS)}")
-
-
-def _parse_spec(source: str, name: str, spec: Any) -> ParamSpec:
-    where = f"{source}: params.{name}"
-    if isinstance(spec, list):  # shorthand for a categorical
-        spec = {"type": "categorical", "choices": spec}
-    if not isinstance(spec, dict):
-        raise DeeprecError(f"{where}: expected a spec mapping such as {{type: float, low: 0.0, high: 0.5}} or a list of choices")
-    kind = spec.get("type")
-    if kind not in SPEC_KEYS:
-        raise DeeprecError(f"{where}.type: must be float, int or categorical, got {kind!r}")
-    extra = sorted(set(map(str, spec)) - set(SPEC_KEYS[kind]))
-    if extra:
-        raise DeeprecError(f"{where}: unknown key {extra[0]!r} for a {kind} spec; expected {', '.join(SPEC_KEYS[kind])}")
-    field_kind = FIELD_KINDS[name]
-    if kind == "categorical":
-        choices = spec.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise DeeprecError(f"{where}.choices: must be a non-empty list")
-        for choice in choices:
-            if not isinstance(choice, (str, int, float, bool)):
-                raise DeeprecError(f"{where}.choices: each choice must be a single value, got {choice!r}")
-        if len(set(map(format_param, choices))) != len(choices):
-            raise DeeprecError(f"{where}.choices: choices must be distinct")
-        return ParamSpec("categorical", choices=tuple(choices))
-    if kind != field_kind:
-        raise DeeprecError(f"{where}.type: {name} takes {field_kind} values; use type {field_kind} or categorical")
-    if "low" not in spec or "high" not in spec:
-        raise DeeprecError(f"{where}: a {kind} spec needs low and high")
-    low, high = _number(f"{where}.low", spec["low"], kind), _number(f"{where}.high", spec["high"], kind)
-    if not low < high:
-        raise DeeprecError(f"{where}: low ({low}) must be below high ({high})")
-    use_log = spec.get("log", False)
-    if not isinstance(use_log, bool):
-        raise DeeprecError(f"{where}.log: expected true or false, got {use_log!r}")
-    if use_log and low <= 0:
-        raise DeeprecError(f"{where}: a log scale needs low > 0, got {low}")
-    step = spec.get("step")
-    if step is not None:
-        step = _number(f"{where}.step", step, kind)
-        if step <= 0:
-            raise DeeprecError(f"{where}.step: must be > 0, got {step}")
-        if use_log:
-            raise DeeprecError(f"{where}: step and log cannot be combined")
-    return ParamSpec(kind, low, high, use_log, step)
-
-
-def _number(where: str, value: Any, kind: str) -> float:
-    # YAML 1.1 reads 1e-6 (no dot) as a string, so numeric strings are accepted.
-    if isinstance(value, bool):
-        raise DeeprecError(f"{where}: expected a number, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise DeeprecError(f"{where}: expected a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise DeeprecError(f"{where}: expected a finite number, got {value!r}")
-    if kind == "int":
-        if not number.is_integer():
-            raise DeeprecError(f"{where}: expected an integer, got {value!r}")
-        return int(number)
-    return number
-
 
 # --------------------------------------------------------------------------- pruning
 
@@ -762,6 +525,8 @@ def run_study(cfg: TrainConfig, space: SearchSpace | None = None, options: TuneO
         refit_run_id, refit_metrics, refit_error = _refit(best, dataset, study_name, parent_id)
     elif options.refit:
         log.warning("no complete trial yet: nothing to refit")
+    elif best is not None:
+        _mark_stale_refit(parent_id, best.number)
     return TuneResult(
         study_name=study_name, storage=shown, parent_run_id=parent_id,
         trials_complete=counts["complete"], trials_pruned=counts["pruned"], trials_failed=counts["failed"],
@@ -917,10 +682,29 @@ def _refit(best: FrozenTrial, dataset: datasets.Dataset, study_name: str, parent
         log.error("refit failed: %s", exc)
         return None, {}, str(exc)
     now = int(time.time() * 1000)
-    MlflowClient().log_batch(
-        parent_id, metrics=[Metric(f"refit_{k}", float(v), now, best.number) for k, v in metrics.items()], tags=[RunTag("refit_run_id", run_id)],
+    client = MlflowClient()
+    client.log_batch(
+        parent_id, metrics=[Metric(f"refit_{k}", float(v), now, best.number) for k, v in metrics.items()],
+        tags=[RunTag("refit_run_id", run_id), RunTag(TAG_REFIT_TRIAL, str(best.number))],
     )
+    if TAG_STALE_REFIT in client.get_run(parent_id).data.tags:
+        client.delete_tag(parent_id, TAG_STALE_REFIT)
     return run_id, metrics, None
+
+
+def _mark_stale_refit(parent_id: str, best_trial: int) -> None:
+    """A study resumed without a refit may have a new best trial, while the parent still holds the
+    refit_* metrics of an earlier one: say so on the parent (tag) and in the log."""
+    client = MlflowClient()
+    run = client.get_run(parent_id)
+    refitted = run.data.tags.get(TAG_REFIT_TRIAL)
+    if refitted is None and "refit_test_rmse" in run.data.metrics:  # parents logged before the tag: the metric's step
+        refitted = str(max(client.get_metric_history(parent_id, "refit_test_rmse"), key=lambda m: m.timestamp).step)
+    if refitted is None or int(refitted) == best_trial:
+        return
+    note = f"the refit_* metrics are trial {refitted}'s; the best trial is now {best_trial}: run again with --n-trials 0 to refit it"
+    client.set_tag(parent_id, TAG_STALE_REFIT, note)
+    log.warning("study parent run %s: %s", parent_id, note)
 
 
 def summary_lines(result: TuneResult) -> list[str]:

@@ -134,14 +134,19 @@ sys.exit(99 if "tensorflow" in sys.modules else code)
 """
 
 
-def test_an_unknown_run_or_study_is_named_before_tensorflow_loads(tmp_path: Path) -> None:
+def test_bad_data_an_unknown_run_or_study_or_a_bad_space_is_named_before_tensorflow_loads(tmp_path: Path) -> None:
     import mlflow
     import optuna
 
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.MlflowClient(tracking_uri).search_experiments()  # an existing store without the run
     optuna.create_study(study_name="other", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    (tmp_path / "space.yaml").write_text("params:\n  dropout: [0.1, 1.5]\n")
+    (tmp_path / "bad.csv").write_text("1,1,5\n1,2,x\n")
     cases = [
+        (["train", "--dataset", "csv:bad.csv"], "bad.csv, line 2: rating 'x' is not a number"),
+        (["cv", "--dataset", "csv:bad.csv"], "bad.csv, line 2: rating 'x' is not a number"),
+        (["tune", "--space", "space.yaml"], "space.yaml: params.dropout: value 1.5 can never be used (dropout: must be a fraction in [0, 1), got 1.5)"),
         (["recommend", "--run-id", "0" * 32, "--user", "1"], f"no run '{'0' * 32}' in the tracking store {tracking_uri}"),
         (["replay-pruning", "--study-name", "missing"], "study 'missing' not in sqlite:///"),
         (["replay-pruning", "--study-name", "missing", "--storage", f"sqlite:///{tmp_path / 'nothing.db'}"], "nothing.db: no such file"),

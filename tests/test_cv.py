@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -55,11 +56,15 @@ def test_aggregation_against_hand_computed_values() -> None:
     assert result.metrics() == {"cv_valid_rmse_mean": pytest.approx(0.88), "cv_valid_rmse_std": pytest.approx(np.sqrt(0.0008 / 3)), "cv_chosen_epochs": 12.0}
 
 
-def test_tracked_cv_with_refit(workspace: Path, capsys: pytest.CaptureFixture) -> None:
+def test_tracked_cv_with_refit(workspace: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
     from deeprec.cli import main
 
-    assert main(["cv", "--folds", "2", "--refit", "--ensemble", "--json", *[f"--{k}={v}" for k, v in TINY.items()]]) == 0
+    with caplog.at_level(logging.INFO, logger="deeprec.train"):
+        assert main(["cv", "--folds", "2", "--refit", "--ensemble", "--json", *[f"--{k}={v}" for k, v in TINY.items()]]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert progress and all(" valid_rmse nan " not in line for line in progress)
+    assert any(" valid_rmse -  " in line for line in progress)  # the refit's lines: it has no validation ratings
     client = MlflowClient()
     parent = client.get_run(summary["run_id"])
     assert parent.data.params["folds"] == "2" and parent.data.params["arch"] == "6"

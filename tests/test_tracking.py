@@ -69,6 +69,27 @@ def test_mlflow_run_end_to_end(workspace: Path) -> None:
     assert len(top) == 5 and list(top["rank"]) == [1, 2, 3, 4, 5]
 
 
+def test_mlflow_run_cv_entry_point(workspace: Path) -> None:
+    """MLflow Projects logs every -P value and default ("true", "2") before deeprec starts; the cv
+    run must not log them again in its own form ("True"), which MLflow refuses."""
+    from deeprec.sweep import RowCV, logged_cv
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_EXPERIMENT_ID"} | {"MLFLOW_EXPERIMENT_NAME": "e2e-cv"}
+    result = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "cv", "--env-manager", "local", "-P", "folds=2", "-P", "refit=true",
+         "-P", "ensemble=true", "-P", "epochs=2", "-P", "arch=8", "-P", "orientation=user", "-P", "batch_size=16", "-P", "patience=0"],
+        capture_output=True, text=True, cwd=workspace, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("e2e-cv").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("deeprec.kind") == "cv"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["ensemble"] == "true" and parent.data.params["folds"] == "2"  # as MLflow Projects logged them
+    assert logged_cv(parent) == RowCV(2, True)
+    assert np.isfinite(parent.data.metrics["ensemble_test_rmse"]) and np.isfinite(parent.data.metrics["test_rmse"])
+    assert sorted(r.data.tags.get("deeprec.kind") for r in runs) == ["cv", "cv-fold", "cv-fold", "refit"]
+
 def test_nan_loss_marks_the_run_failed(workspace: Path) -> None:
     cfg = TrainConfig(orientation="user", arch="6", activation="relu", optimizer="sgd", lr=1e12, epochs=5, batch_size=8, patience=0).validate()
     mlflow.set_experiment("nan")

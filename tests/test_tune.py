@@ -33,7 +33,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from conftest import synthetic_ratings, write_ml1m
-from deeprec import study_storage, tune
+from deeprec import search_space, study_storage, tune
 from deeprec.cli import build_parser, main
 from deeprec.config import TrainConfig
 from deeprec.errors import DeeprecError
@@ -69,11 +69,11 @@ def trial_runs(parent_id: str) -> list:
 
 
 def test_default_space_file_is_the_built_in_default() -> None:
-    space = tune.load_space(ROOT / "experiments" / "search_space.yaml")
-    assert space.params == tune.DEFAULT_PARAMS and space.is_default
+    space = search_space.load_space(ROOT / "experiments" / "search_space.yaml")
+    assert space.params == search_space.DEFAULT_PARAMS and space.is_default
     assert set(space.params) == {"l2", "dropout", "lr"}
     assert space.params["l2"].log and space.params["lr"].log and not space.params["dropout"].log
-    assert tune.load_space().params == tune.DEFAULT_PARAMS
+    assert search_space.load_space().params == search_space.DEFAULT_PARAMS
 
 
 @pytest.mark.parametrize(("space_file", "l2_range", "noises"), [
@@ -81,19 +81,19 @@ def test_default_space_file_is_the_built_in_default() -> None:
     ("accuracy_space_tuned", (2e-5, 4e-4), {"mask"}),  # the hand search's masked inputs, always on
 ])
 def test_accuracy_spaces_yield_valid_item_configs(space_file: str, l2_range: tuple[float, float], noises: set[str]) -> None:
-    space = tune.load_space(ROOT / "experiments" / f"{space_file}.yaml")
+    space = search_space.load_space(ROOT / "experiments" / f"{space_file}.yaml")
     assert space.fixed["orientation"] == "item" and {"l2", "lr", "dropout", "arch"} <= set(space.params)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(20):
         trial = study.ask()
         base = space.base_config(TrainConfig())
-        cfg = tune.trial_config(base, {name: spec.suggest(trial, name) for name, spec in space.params.items()})
+        cfg = search_space.trial_config(base, {name: spec.suggest(trial, name) for name, spec in space.params.items()})
         assert cfg.orientation == "item" and l2_range[0] <= cfg.l2 <= l2_range[1] and cfg.arch in ("500", "1000")
         assert cfg.noise in noises and 0.0 <= cfg.noise_level <= 0.35
 
 
 def test_command_line_values_other_than_defaults_win_over_fixed_fields(caplog: pytest.LogCaptureFixture) -> None:
-    space = tune.load_space(ROOT / "experiments" / "accuracy_space_tuned.yaml")
+    space = search_space.load_space(ROOT / "experiments" / "accuracy_space_tuned.yaml")
     # mlflow run -e tune passes every option at its default: the space's fixed values apply.
     base = space.base_config(TrainConfig().validate())
     assert (base.epochs, base.patience, base.noise, base.orientation) == (600, 20, "mask", "item")
@@ -111,24 +111,24 @@ def test_space_file_adds_drops_and_fixes(tmp_path: Path) -> None:
                    "batch_size": {"type": "int", "low": 8, "high": 32, "step": 8}, "l2": None, "noise_level": {"type": "float", "low": 0.0, "high": 0.5}},
         "fixed": {"lr": "1e-3", "noise": "dropout"},
     }))
-    space = tune.load_space(path)
+    space = search_space.load_space(path)
     assert set(space.params) == {"dropout", "arch", "activation", "batch_size", "noise_level"}  # lr fixed, l2 dropped
     assert space.params["arch"].choices == ("4", "8,4,8")
     base = space.base_config(TrainConfig(epochs=2).validate())
     assert (base.lr, base.noise, base.l2) == (0.001, "dropout", 0.0001)
     space.check(base)
     assert tune.default_study_name(base, space) == "deeprec-ml-1m-item-any-my_space"
-    assert tune.default_study_name(TrainConfig(arch="256,512,256"), tune.load_space()) == "deeprec-ml-1m-item-256-512-256"
-    cfg = tune.trial_config(base, {"arch": "8,4,8", "batch_size": 16, "dropout": 0.25})
+    assert tune.default_study_name(TrainConfig(arch="256,512,256"), search_space.load_space()) == "deeprec-ml-1m-item-256-512-256"
+    cfg = search_space.trial_config(base, {"arch": "8,4,8", "batch_size": 16, "dropout": 0.25})
     assert (cfg.hidden_sizes, cfg.batch_size, cfg.dropout) == ((8, 4, 8), 16, 0.25)
-    assert tune.SearchSpace.from_dict(space.to_dict(), str(path)).params == space.params
+    assert search_space.SearchSpace.from_dict(space.to_dict(), str(path)).params == space.params
 
 
 def test_values_valid_only_in_combination_are_accepted(tmp_path: Path) -> None:
     # side_info=user needs orientation=user: fine while orientation is searched too.
     path = tmp_path / "combo.yaml"
     path.write_text("params:\n  orientation: [user, item]\n  side_info: [none, user, item]\n")
-    space = tune.load_space(path)
+    space = search_space.load_space(path)
     space.check(space.base_config(TrainConfig()))
 
 
@@ -156,7 +156,7 @@ def test_bad_space_files_are_one_line_naming_file_and_key(tmp_path: Path, text: 
     path = tmp_path / "space.yaml"
     path.write_text(text + "\n")
     with pytest.raises(DeeprecError) as err:
-        tune.load_space(path)
+        search_space.load_space(path)
     assert str(err.value).startswith(f"{path}: {key}")
     assert message in str(err.value) and "\n" not in str(err.value)
 
@@ -172,7 +172,7 @@ def test_bad_space_files_are_one_line_naming_file_and_key(tmp_path: Path, text: 
 def test_values_invalid_for_the_config_are_refused_before_training(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "space.yaml"
     path.write_text(text + "\n")
-    space = tune.load_space(path)
+    space = search_space.load_space(path)
     with pytest.raises(DeeprecError) as err:
         space.check(space.base_config(TrainConfig()))
     assert str(err.value).startswith(f"{path}: {message}")
@@ -364,7 +364,7 @@ def test_mlproject_tune_entry_point_is_cv_plus_the_study_options() -> None:
     args = build_parser().parse_args(argv[1:])
     assert (args.n_trials, args.n_workers, args.pruner, args.prune_every, args.refit, args.folds) == (20, 1, "median", "epoch", True, 5)
     assert args.storage == "" and args.study_name == ""  # empty means the default
-    assert tune.load_space(ROOT / args.space).is_default
+    assert search_space.load_space(ROOT / args.space).is_default
     assert not build_parser().parse_args(["tune", "--no-refit"]).refit
 
 
@@ -427,6 +427,17 @@ def test_tiny_study_end_to_end_then_resumed(workspace: Path, capsys: pytest.Capt
     assert len(client.search_runs([parent.info.experiment_id], "tags.`deeprec.kind` = 'tune'")) == 1
     again = tune_json(capsys, "--n-trials", "0", "--no-refit")  # an existing study: logged again, nothing trained
     assert again["trials_added"] == 0 and again["trials_complete"] + again["trials_pruned"] == 6
+    # The parent's refit_* are the first best trial's; a new best without a refit is flagged.
+    parent_tags = client.get_run(parent.info.run_id).data.tags
+    assert parent_tags["refit_trial_number"] == str(first["best_trial"])
+    assert ("refit_stale" in parent_tags) == (second["best_trial"] != first["best_trial"])
+    tune._mark_stale_refit(parent.info.run_id, first["best_trial"] + 100)  # as if a later trial had won
+    stale = client.get_run(parent.info.run_id).data.tags["refit_stale"]
+    assert stale == (f"the refit_* metrics are trial {first['best_trial']}'s; the best trial is now {first['best_trial'] + 100}: "
+                     "run again with --n-trials 0 to refit it")
+    refitted = tune_json(capsys, "--n-trials", "0")  # refits the best trial: the flag goes
+    parent_tags = client.get_run(parent.info.run_id).data.tags
+    assert "refit_stale" not in parent_tags and parent_tags["refit_trial_number"] == str(refitted["best_trial"])
 
     # Resuming with a different setup is refused before anything runs.
     assert main(["tune", *TINY, "--epochs", "3", "--n-trials", "1"]) == 2  # the last --epochs wins
