@@ -387,14 +387,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_replay_pruning(args: argparse.Namespace) -> int:
     if any(w < 0 for w in args.warmup_steps) or args.startup_trials < 0:
         raise DeeprecError("--warmup-steps and --startup-trials must be >= 0")
-    import optuna  # only for this command
+    import optuna  # only for this command (no TensorFlow: a replay trains nothing)
 
-    from deeprec import study_storage
+    from deeprec import pruning_replay, study_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "new study" line per replayed trial otherwise
     study = study_storage.load_finished_study(args.study_name, args.storage or study_storage.default_storage())
-    from deeprec import pruning_replay  # heavy (TensorFlow, through the tuning code): only once the study is found
-
     rules = [PrunerSettings("median", args.startup_trials, w) for w in args.warmup_steps]
     rules.append(PrunerSettings("median", args.startup_trials, 0, every="fold"))
     results = pruning_replay.replay(study, rules)

@@ -204,10 +204,17 @@ def download(spec: DatasetSpec, progress: Progress | None = None, root: Path | N
         extracted = staging / (spec.archive_dir or "")
         if not (extracted / spec.ratings_file).is_file():
             raise DownloadError(f"{spec.url}: the archive has no {spec.archive_dir}/{spec.ratings_file}; nothing was cached")
-        # Rename, not copy: the cache entry appears whole or not at all.
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(extracted, target)
+        # Rename, not copy: the cache entry appears whole or not at all. Another process that
+        # fetched the same archive at the same time may have put its copy there first: keep it.
+        if target.exists() and find_local(spec, root) is None:
+            shutil.rmtree(target)  # a folder without the ratings file, e.g. an unzip by hand gone wrong
+        try:
+            os.replace(extracted, target)
+        except OSError:
+            if find_local(spec, root) is None:
+                raise
+            log.info("%s: another process cached it meanwhile; using that copy", spec.name)
+            return find_local(spec, root)
         os.replace(partial, archive)  # kept so that `deeprec data verify` can re-check the MD5
     finally:
         Path(partial).unlink(missing_ok=True)

@@ -1,10 +1,10 @@
 """What a pruning rule would have done to a finished study (`deeprec replay-pruning`).
 
 A study's complete trials hold their whole validation curves (per epoch, per fold, at the steps of
-`tune.epoch_step` / `tune.fold_step`). Replaying a rule on them answers "would this pruner have
+`pruning.epoch_step` / `pruning.fold_step`). Replaying a rule on them answers "would this pruner have
 kept the trials that won?" without training anything: for each complete trial, leave-one-out, a
 fresh in-memory study holds the *other* complete trials as finished, and the trial's recorded
-curve is fed step by step through the same `tune.TrialReporter` and Optuna pruner that a real
+curve is fed step by step through the same `pruning.TrialReporter` and Optuna pruner that a real
 study uses. The trial is pruned where that pruner would have stopped it, or kept.
 
 Leave-one-out is the favourable case for the trial replayed (every other trial had finished before
@@ -22,7 +22,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from deeprec.errors import DeeprecError
-from deeprec.tune import SETUP_ATTR, PrunerSettings, TrialReporter, fold_step, make_pruner
+from deeprec.pruning import TrialReporter, fold_step, make_pruner
+from deeprec.study_storage import SETUP_ATTR
+from deeprec.tune_options import PrunerSettings
 
 
 @dataclass(frozen=True)

@@ -303,7 +303,13 @@ class Recommender(mlflow.pyfunc.PythonModel):
         users = self._lookup(frame["user"], "user")
         items = self._lookup(frame["item"], "item")
         unique, position = np.unique(users, return_inverse=True)
-        scores = self._user_scores(unique)[position, items]
+        scores = np.empty(len(users), np.float32)
+        # A block of USER_BATCH users' scores at a time, as for top-N: a request naming every user
+        # of a large dataset must not build the whole users x items matrix.
+        for start in range(0, len(unique), USER_BATCH):
+            in_block = (position >= start) & (position < start + USER_BATCH)
+            block_scores = self._user_scores(unique[start : start + USER_BATCH])
+            scores[in_block] = block_scores[position[in_block] - start, items[in_block]]
         return pd.DataFrame({
             "user": self.user_ids_[users],
             "item": self.item_ids_[items],

@@ -23,6 +23,7 @@ from deeprec.tune_options import DEFAULT_GRACE_PERIOD, DEFAULT_HEARTBEAT_INTERVA
 
 log = logging.getLogger(__name__)
 
+SETUP_ATTR = "deeprec_setup"  # study user attr: what `deeprec tune` created the study with (checked on resume)
 SQLITE_BUSY_TIMEOUT_S = 60  # several worker processes write to one SQLite file
 SCHEMA_RACE_ATTEMPTS = 5
 SCHEMA_RACE_SIGNS = ("already exists", "unique constraint failed", "duplicate key", "duplicate entry")

@@ -226,8 +226,10 @@ def _init_worker(threads: int, stop: Event | None = None) -> None:
     signal.signal(signal.SIGTERM, interrupts.handle)
 
 
-def _run_job(job: Job) -> str:
-    """Train one (row, seed) as a run nested under the sweep's parent; runs in a worker process.
+def _run_job(job: Job, loaded: dict[str, datasets.Dataset] | None = None) -> str:
+    """Train one (row, seed) as a run nested under the sweep's parent; runs in a worker process,
+    or in the sweep's own process with `loaded`: the last dataset it loaded, by name, which the
+    next rows on the same data share instead of reading and checksumming the file again.
     Returns what the run measured, one line for the sweep's progress log ("" if not started)."""
     from deeprec import tracking
 
@@ -236,6 +238,12 @@ def _run_job(job: Job) -> str:
     experiment = load_experiment(job.experiment_path)
     row = next(r for r in experiment.rows if r.name == job.row)
     cfg = experiment.config(row, job.seed_index, job.epochs)
+    dataset = None
+    if loaded is not None:
+        dataset = loaded.get(cfg.dataset)
+        if dataset is None:
+            loaded.clear()  # one dataset held at a time
+            dataset = loaded[cfg.dataset] = datasets.load(datasets.get_spec(cfg.dataset))
     tags = {
         TAG_SWEEP: experiment.name, TAG_ROW: row.name, TAG_SEED: str(job.seed_index),
         TAG_SMOKE: str(job.epochs is not None).lower(), TAG_KIND: "sweep-run",
@@ -243,10 +251,11 @@ def _run_job(job: Job) -> str:
     started = time.perf_counter()
     run_name = f"{row.name} · seed {cfg.seed}"
     if row.cv is None:
-        metrics = tracking.train_tracked(cfg, run_name=run_name, tags=tags, parent_run_id=job.parent_run_id).metrics
+        metrics = tracking.train_tracked(cfg, run_name=run_name, tags=tags, parent_run_id=job.parent_run_id, dataset=dataset).metrics
     else:
         _, result, test = tracking.track_cv(
-            cfg, row.cv.folds, refit=True, ensemble=row.cv.ensemble, run_name=run_name, tags=tags, parent_run_id=job.parent_run_id
+            cfg, row.cv.folds, refit=True, ensemble=row.cv.ensemble, run_name=run_name, tags=tags, parent_run_id=job.parent_run_id,
+            dataset=dataset,
         )
         metrics = {**result.metrics(), **test}
     metric = metrics.get(row.metric_key(experiment.metric), float("nan"))
@@ -272,6 +281,10 @@ def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: i
         except ConfigError as exc:
             raise DeeprecError(f"{experiment.path}: row {row.name!r} with --seeds {seeds}: {exc}") from None
     smoke = epochs is not None
+    # Each dataset downloaded here, once, before the parent run: parallel workers would each
+    # fetch the same archive into the same cache folder.
+    for name in dict.fromkeys(experiment.config(row, 0, epochs).dataset for row in experiment.rows):
+        datasets.ensure_dataset(datasets.get_spec(name))
     parent_id = _parent_run(experiment)
     done = finished_runs(experiment, smoke)
     jobs = [
@@ -291,9 +304,10 @@ def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: i
             log.info("sweep %s: %d of %d done: %s", experiment.name, done, len(jobs), line)
 
     if max_parallel == 1:
+        loaded: dict[str, datasets.Dataset] = {}
         for done, job in enumerate(jobs, 1):
             try:
-                progress(done, _run_job(job))
+                progress(done, _run_job(job, loaded))
             except DeeprecError as exc:  # a diverged row fails its own run, the sweep goes on
                 log.error("%s seed %d failed: %s", job.row, job.seed_index, exc)
                 failed.append(job.row)

@@ -335,6 +335,13 @@ class BestWeights:
             self.folder.cleanup()
             self.folder = None
 
+    def discard(self) -> None:
+        """Drop the saved weights (training ended without restoring them)."""
+        self.copy = None
+        if self.folder is not None:
+            self.folder.cleanup()
+            self.folder = None
+
     def _path(self, index: int) -> str:
         return os.path.join(self.folder.name, f"{index}.bin")
 
@@ -372,56 +379,60 @@ def fit(cfg: TrainConfig, data: TrainingData, on_epoch: EpochCallback | None = N
     history: list[dict] = []
     best_weights = BestWeights(model)
     best_rmse, best_epoch, started = math.inf, 0, time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
-        interrupts.check()  # a Ctrl-C dropped by Python (inside a weakref callback) still stops training
-        tick = time.perf_counter()
-        order = rng.permutation(n_rows)
-        if cached:
-            # One TensorFlow call per epoch: a Ctrl-C or SIGTERM (under `deeprec`'s handler) waits
-            # for it to return instead of landing inside TensorFlow's Python wrapper of the call.
-            with interrupts.deferred():
-                train_loss = stepper.epoch_cached(order)
-        else:
-            losses, weights = [], []
-            for start in range(0, n_rows, cfg.batch_size):
-                rows = order[start : start + cfg.batch_size]
-                if use_sparse:
-                    loss = sparse_stepper.step(tf.constant(rows))
-                else:
-                    b = data.train.batch(rows)
-                    loss = stepper.step_batch(tf.constant(b.inputs), tf.constant(b.targets), tf.constant(b.mask), tf.constant(rows))
-                losses.append(float(loss))
-                weights.append(len(rows))
-            train_loss = float(np.average(losses, weights=weights))
-        if not math.isfinite(train_loss):
-            raise TrainingDiverged(f"training loss became {train_loss} at epoch {epoch}; try a lower lr, a smaller l2 or float32 precision")
-        train_seconds = time.perf_counter() - tick
-        if use_sparse:
-            sparse_stepper.write_back()  # the step trains a transposed copy of the output kernel
-            errors = sparse_errors(n_rows, sparse_stepper.output_kernel_t)
-        elif cached:
-            errors = stepper.cached_errors(cached_targets, data.scale)
-        else:
-            errors = observed_errors(lambda r: predict_rows(model, data, r, forward), targets, n_rows, data.scale)
-        seconds = time.perf_counter() - tick
-        record = {"epoch": epoch, "train_loss": train_loss, **errors, "seconds": seconds, "train_seconds": train_seconds}
-        history.append(record)
-        # Without validation data (a refit on all non-test ratings) the last weights are kept.
-        if has_valid and errors["valid_rmse"] < best_rmse:
-            best_rmse, best_epoch = errors["valid_rmse"], epoch
-            best_weights.save()
-        elapsed = time.perf_counter() - started
-        left = elapsed / epoch * (cfg.epochs - epoch)
-        valid = f"{errors['valid_rmse']:.4f}" if "valid_rmse" in errors else "-"  # a refit has no validation ratings
-        log.info(
-            "epoch %d/%d  loss %.4f  train_rmse %.4f  valid_rmse %s  %.1fs  ~%s left",
-            epoch, cfg.epochs, train_loss, errors["train_rmse"], valid, seconds, _duration(left),
-        )
-        if on_epoch is not None:
-            on_epoch(record)
-        if has_valid and cfg.patience and epoch - best_epoch >= cfg.patience:
-            log.info("early stop at epoch %d: no better validation RMSE since epoch %d", epoch, best_epoch)
-            break
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            interrupts.check()  # a Ctrl-C dropped by Python (inside a weakref callback) still stops training
+            tick = time.perf_counter()
+            order = rng.permutation(n_rows)
+            if cached:
+                # One TensorFlow call per epoch: a Ctrl-C or SIGTERM (under `deeprec`'s handler) waits
+                # for it to return instead of landing inside TensorFlow's Python wrapper of the call.
+                with interrupts.deferred():
+                    train_loss = stepper.epoch_cached(order)
+            else:
+                losses, weights = [], []
+                for start in range(0, n_rows, cfg.batch_size):
+                    rows = order[start : start + cfg.batch_size]
+                    if use_sparse:
+                        loss = sparse_stepper.step(tf.constant(rows))
+                    else:
+                        b = data.train.batch(rows)
+                        loss = stepper.step_batch(tf.constant(b.inputs), tf.constant(b.targets), tf.constant(b.mask), tf.constant(rows))
+                    losses.append(float(loss))
+                    weights.append(len(rows))
+                train_loss = float(np.average(losses, weights=weights))
+            if not math.isfinite(train_loss):
+                raise TrainingDiverged(f"training loss became {train_loss} at epoch {epoch}; try a lower lr, a smaller l2 or float32 precision")
+            train_seconds = time.perf_counter() - tick
+            if use_sparse:
+                sparse_stepper.write_back()  # the step trains a transposed copy of the output kernel
+                errors = sparse_errors(n_rows, sparse_stepper.output_kernel_t)
+            elif cached:
+                errors = stepper.cached_errors(cached_targets, data.scale)
+            else:
+                errors = observed_errors(lambda r: predict_rows(model, data, r, forward), targets, n_rows, data.scale)
+            seconds = time.perf_counter() - tick
+            record = {"epoch": epoch, "train_loss": train_loss, **errors, "seconds": seconds, "train_seconds": train_seconds}
+            history.append(record)
+            # Without validation data (a refit on all non-test ratings) the last weights are kept.
+            if has_valid and errors["valid_rmse"] < best_rmse:
+                best_rmse, best_epoch = errors["valid_rmse"], epoch
+                best_weights.save()
+            elapsed = time.perf_counter() - started
+            left = elapsed / epoch * (cfg.epochs - epoch)
+            valid = f"{errors['valid_rmse']:.4f}" if "valid_rmse" in errors else "-"  # a refit has no validation ratings
+            log.info(
+                "epoch %d/%d  loss %.4f  train_rmse %.4f  valid_rmse %s  %.1fs  ~%s left",
+                epoch, cfg.epochs, train_loss, errors["train_rmse"], valid, seconds, _duration(left),
+            )
+            if on_epoch is not None:
+                on_epoch(record)
+            if has_valid and cfg.patience and epoch - best_epoch >= cfg.patience:
+                log.info("early stop at epoch %d: no better validation RMSE since epoch %d", epoch, best_epoch)
+                break
+    except BaseException:
+        best_weights.discard()  # a diverged, pruned or interrupted fit leaves no spilled weights on disk
+        raise
     # The training step's optimizer state (twice the weights, for Adam) is not needed any more: it
     # goes before the best weights come back. The compiled step refers to its owner, a reference
     # cycle, hence the collection.

@@ -277,6 +277,26 @@ def test_download_extracts_keeps_archive_and_is_not_repeated(site: Site, archive
     assert site.requests == [ARCHIVE_PATH]  # served from the cache the second time
 
 
+def test_a_copy_another_process_cached_meanwhile_is_kept(site: Site, archive: bytes, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two processes (a parallel sweep's workers) fetching the same archive at once: the second to
+    # finish must use the first one's folder, neither delete it under its readers nor fail.
+    site.serve(ARCHIVE_PATH, archive)
+    spec = spec_for(site, md5=md5(archive))
+    fetch = datasets._fetch
+
+    def fetch_while_another_finishes(*args, **kwargs):
+        result = fetch(*args, **kwargs)
+        theirs = root / "ml-1m"
+        theirs.mkdir()
+        (theirs / "ratings.dat").write_text("theirs")
+        return result
+
+    monkeypatch.setattr(datasets, "_fetch", fetch_while_another_finishes)
+    assert datasets.download(spec, root=root) == root / "ml-1m"
+    assert (root / "ml-1m" / "ratings.dat").read_text() == "theirs"
+    assert sorted(p.name for p in root.iterdir()) == ["ml-1m"]  # no partial archive or staging folder left
+
+
 def test_downloaded_dataset_loads(site: Site, archive: bytes, root: Path) -> None:
     # load() finds the cache through DEEPREC_DATA_DIR (set to `root` by the autouse fixture).
     site.serve(ARCHIVE_PATH, archive)

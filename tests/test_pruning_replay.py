@@ -11,7 +11,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from deeprec import pruning_replay, study_storage, tune
+from deeprec import pruning, pruning_replay, study_storage, tune
 from deeprec.cli import main
 from deeprec.errors import DeeprecError
 
@@ -27,9 +27,9 @@ def curve(start: float, end: float, rate: float) -> dict[int, float]:
     for fold in range(FOLDS):
         epochs = end + 0.002 * fold + (start - end) * np.exp(-rate * np.arange(1, EPOCHS + 1))
         for epoch, value in enumerate(epochs, start=1):
-            values[tune.epoch_step(fold, epoch, EPOCHS)] = float(value)
+            values[pruning.epoch_step(fold, epoch, EPOCHS)] = float(value)
         bests.append(float(epochs.min()))
-        values[tune.fold_step(fold, EPOCHS)] = float(np.mean(bests))
+        values[pruning.fold_step(fold, EPOCHS)] = float(np.mean(bests))
     return values
 
 
@@ -37,12 +37,12 @@ def make_study(storage: str, name: str = "replayed") -> optuna.Study:
     """Five complete trials: four that learn fast and end at 0.85-0.89, and one (the best) that
     learns slowly and ends at 0.83."""
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
-    study.set_user_attr(tune.SETUP_ATTR, {"config": {"epochs": str(EPOCHS)}, "folds": FOLDS, "space": {}})
+    study.set_user_attr(study_storage.SETUP_ATTR, {"config": {"epochs": str(EPOCHS)}, "folds": FOLDS, "space": {}})
     shapes = [(1.2, 0.83, 0.6)] + [(1.2, end, 1.5) for end in (0.85, 0.86, 0.875, 0.89)]
     for lr, (start, end, rate) in enumerate(shapes):
         values = curve(start, end, rate)
         study.add_trial(optuna.trial.create_trial(
-            state=TrialState.COMPLETE, value=values[tune.fold_step(FOLDS - 1, EPOCHS)], params={"lr": 1e-4 * (lr + 1)},
+            state=TrialState.COMPLETE, value=values[pruning.fold_step(FOLDS - 1, EPOCHS)], params={"lr": 1e-4 * (lr + 1)},
             distributions={"lr": FloatDistribution(1e-5, 1e-2, log=True)}, intermediate_values=values,
         ))
     return study
@@ -88,3 +88,12 @@ def test_cli_prints_each_rule_and_a_json_summary(tmp_path: Path, capsys: pytest.
     assert result["rules"][1]["kept"] == [0, 1, 2]
     assert main(["replay-pruning", "--study-name", "replayed", "--storage", f"sqlite:///{tmp_path}/none.db"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_replaying_needs_no_tensorflow() -> None:
+    """`deeprec replay-pruning` trains nothing: its modules must not load TensorFlow (seconds, and its start-up lines)."""
+    import subprocess
+    import sys
+
+    code = "import sys; import deeprec.cli, deeprec.pruning_replay, deeprec.study_storage; sys.exit('tensorflow' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

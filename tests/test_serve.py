@@ -239,7 +239,7 @@ def test_small_batches_and_the_uncached_item_path_give_the_same_answers(logged: 
     monkeypatch.setattr(serve, "USER_BATCH", 2)
     batched = mlflow.pyfunc.load_model(logged.uri)
     assert batched.unwrap_python_model().item_major_ is None
-    for request in (pd.DataFrame({"user": [1, 2, 3, 2, 40], "n": [3, 3, 3, 5, 2]}), pd.DataFrame({"user": [1, 2, 3], "item": [5, 6, 7]})):
+    for request in (pd.DataFrame({"user": [1, 2, 3, 2, 40], "n": [3, 3, 3, 5, 2]}), pd.DataFrame({"user": [1, 2, 3, 2, 40, 1], "item": [5, 6, 7, 8, 9, 10]})):
         pd.testing.assert_frame_equal(batched.predict(request), logged.pyfunc.predict(request), rtol=1e-5, atol=1e-5)
 
 

@@ -11,6 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import synthetic_ratings, write_ml1m
+from deeprec import datasets
 from deeprec.cli import main
 from deeprec.errors import DeeprecError
 from deeprec.sweep import TAG_REUSED, TAG_ROW, TAG_SMOKE, TAG_SWEEP, load_experiment
@@ -107,13 +108,17 @@ def workspace(mlflow_store: Path) -> Path:
     return mlflow_store
 
 
-def test_sweep_resume_and_report(workspace: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
+def test_sweep_resume_and_report(workspace: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     assert main(["report", "tiny.yaml"]) == 2  # before any sweep: one line, not a table of dashes
     err = capsys.readouterr().err.strip()
     assert err.startswith("deeprec: error: no finished runs of experiment 'tiny' in the tracking store ") and "\n" not in err
     assert err.endswith("run `deeprec sweep tiny.yaml` first, from the same folder or with the same MLFLOW_TRACKING_URI")
+    loads = []
+    load = datasets.load
+    monkeypatch.setattr(datasets, "load", lambda *a, **k: loads.append(a) or load(*a, **k))
     with caplog.at_level(logging.INFO, logger="deeprec.sweep"):
         assert main(["sweep", "tiny.yaml", "--seeds", "2", "--epochs", "1", "--json"]) == 0
+    assert len(loads) == 1  # four runs on one dataset: read and checksummed once
     progress = [r.getMessage() for r in caplog.records if " done: " in r.getMessage()]
     assert [line.split(": ")[1] for line in progress] == ["1 of 4 done", "2 of 4 done", "3 of 4 done", "4 of 4 done"]
     assert re.fullmatch(r"sweep tiny: 1 of 4 done: zero · seed 42: test_rmse_user_avg [0-9.]+, best epoch 1, [0-9.]+ min", progress[0])

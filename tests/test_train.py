@@ -208,6 +208,28 @@ def test_large_models_keep_their_best_weights_on_disk(tiny_prepared, monkeypatch
     assert folders and not any(os.path.exists(folder) for folder in folders)
 
 
+def test_a_fit_stopped_by_an_error_leaves_no_spilled_weights(tiny_prepared, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A pruned trial (optuna.TrialPruned from on_epoch), a diverged run or a Ctrl-C end the fit
+    # without restoring the best weights: their folder must go all the same.
+    monkeypatch.setattr(BestWeights, "SPILL_BYTES", 0)
+    saved: list[tuple[BestWeights, str]] = []  # holding the object: only an explicit cleanup removes its folder
+    original_save = BestWeights.save
+
+    def save(self: BestWeights) -> None:
+        original_save(self)
+        saved.append((self, self.folder.name))
+
+    def stop_after_two(record: dict) -> None:
+        if record["epoch"] == 2:
+            raise RuntimeError("pruned")
+
+    monkeypatch.setattr(BestWeights, "save", save)
+    cfg = TrainConfig(orientation="user", arch="8", lr=0.05, epochs=10, batch_size=8, patience=0).validate()
+    with pytest.raises(RuntimeError, match="pruned"):
+        fit(cfg, tiny_prepared[("user", "zero", "none")].data, on_epoch=stop_after_two)
+    assert saved and not any(os.path.exists(folder) for _, folder in saved)
+
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_the_step_adds_kerass_l2_penalty_and_its_gradient(tiny_prepared, tied: bool) -> None:
     """The training step adds the L2 penalties by hand (models.l2_penalties); one SGD step must move

@@ -33,7 +33,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from conftest import synthetic_ratings, write_ml1m
-from deeprec import search_space, study_storage, tune
+from deeprec import pruning, search_space, study_storage, tune
 from deeprec.cli import build_parser, main
 from deeprec.config import TrainConfig
 from deeprec.errors import DeeprecError
@@ -253,7 +253,7 @@ class FakeTrial:
 def test_reporter_steps_grow_through_epochs_and_fold_checks() -> None:
     trial = FakeTrial()
     seen: list[int] = []
-    reporter = tune.TrialReporter(trial, epochs=3, folds=2, sink=lambda record, step: seen.append(step))
+    reporter = pruning.TrialReporter(trial, epochs=3, folds=2, sink=lambda record, step: seen.append(step))
     for fold, scores in ((0, [1.5]), (1, [1.5, 1.1])):
         for epoch in (1, 2):  # early stopping: epoch 3 never comes
             reporter.on_epoch(fold, {"epoch": epoch, "valid_rmse": 2.0 - epoch / 10})
@@ -267,7 +267,7 @@ def test_reporter_steps_grow_through_epochs_and_fold_checks() -> None:
 def test_reporter_every_fold_reports_and_asks_only_at_the_fold_checks() -> None:
     trial = FakeTrial(prune_from_step=1)  # would prune at any step it is asked about
     seen: list[int] = []
-    reporter = tune.TrialReporter(trial, epochs=3, folds=2, sink=lambda record, step: seen.append(step), every="fold")
+    reporter = pruning.TrialReporter(trial, epochs=3, folds=2, sink=lambda record, step: seen.append(step), every="fold")
     for epoch in (1, 2, 3):
         reporter.on_epoch(0, {"epoch": epoch, "valid_rmse": 1.0})
     assert seen == [1, 2, 3] and trial.reports == [] and trial.asked == []  # the curve is still logged
@@ -277,19 +277,19 @@ def test_reporter_every_fold_reports_and_asks_only_at_the_fold_checks() -> None:
 
 
 def test_hyperband_first_checks_after_a_fold_when_pruning_every_fold() -> None:
-    per_epoch = tune.make_pruner(tune.PrunerSettings("hyperband"), folds=3, epochs=9)
-    per_fold = tune.make_pruner(tune.PrunerSettings("hyperband", every="fold"), folds=3, epochs=9)
+    per_epoch = pruning.make_pruner(tune.PrunerSettings("hyperband"), folds=3, epochs=9)
+    per_fold = pruning.make_pruner(tune.PrunerSettings("hyperband", every="fold"), folds=3, epochs=9)
     assert (per_epoch._min_resource, per_epoch._max_resource) == (1, 30)
     assert (per_fold._min_resource, per_fold._max_resource) == (10, 30)
 
 
 def test_reporter_raises_trial_pruned_when_told() -> None:
-    reporter = tune.TrialReporter(FakeTrial(prune_from_step=2), epochs=2, folds=2)
+    reporter = pruning.TrialReporter(FakeTrial(prune_from_step=2), epochs=2, folds=2)
     reporter.on_epoch(0, {"epoch": 1, "valid_rmse": 3.0})
     with pytest.raises(optuna.TrialPruned, match="fold 1 epoch 2"):
         reporter.on_epoch(0, {"epoch": 2, "valid_rmse": 3.0})
     with pytest.raises(optuna.TrialPruned, match="after fold 1"):
-        tune.TrialReporter(FakeTrial(prune_from_step=3), epochs=2, folds=2).on_fold(0, [2.5])
+        pruning.TrialReporter(FakeTrial(prune_from_step=3), epochs=2, folds=2).on_fold(0, [2.5])
 
 
 # --------------------------------------------------------------------------- storage and options
@@ -495,7 +495,7 @@ def test_pruning_every_fold_lets_each_trial_finish_its_first_fold(workspace: Pat
     for trial in load(storage, name).trials[1:]:
         assert runs[trial.number].data.tags["pruned_at"].startswith("after fold 1")
         assert runs[trial.number].data.metrics["folds_completed"] == 1
-        assert list(trial.intermediate_values) == [tune.fold_step(0, epochs)]
+        assert list(trial.intermediate_values) == [pruning.fold_step(0, epochs)]
 
 
 def test_invalid_sampled_combination_fails_that_trial_cleanly(workspace: Path, capsys: pytest.CaptureFixture) -> None:
