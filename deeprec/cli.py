@@ -11,11 +11,11 @@ import sys
 from collections.abc import Sequence
 
 from deeprec import __version__, datasets, interrupts, tracking_store
-from deeprec.config import FIELD_DOCS, MAX_SEED, TrainConfig, check_cv, parse_bool
+from deeprec.config import DEFAULT_FOLDS, FIELD_DOCS, MAX_FOLDS, MAX_SEED, TrainConfig, check_cv, parse_bool
 from deeprec.errors import DeeprecError
 from deeprec.ratings import DUPLICATE_POLICIES
 from deeprec.splits import REPORT_SEED, SPLIT_NAMES, check_split_for, describe_split, make_split
-from deeprec.tune_options import PrunerSettings, TuneOptions
+from deeprec.tune_options import PRUNE_EVERY, PRUNERS, PrunerSettings, TuneOptions
 
 log = logging.getLogger("deeprec")
 
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cross = commands.add_parser("cv", help="K-fold cross-validation over the non-test ratings, one parent run with a nested run per fold")
     add_config_options(cross)
-    cross.add_argument("--folds", type=_whole_number, default=5, help="number of folds, 2 to 100 (default 5)")
+    cross.add_argument("--folds", type=_whole_number, default=DEFAULT_FOLDS, help=f"number of folds, 2 to {MAX_FOLDS} (default {DEFAULT_FOLDS})")
     cross.add_argument("--refit", nargs="?", const=True, default=False, type=_boolean, metavar="true|false",
                        help="then retrain on all non-test ratings for the CV-chosen epochs and evaluate on test once")
     cross.add_argument("--ensemble", nargs="?", const=True, default=False, type=_boolean, metavar="true|false",
@@ -123,24 +123,29 @@ def build_parser() -> argparse.ArgumentParser:
     cross.add_argument("--run-name", default=None, help="MLflow run name of the parent run")
     cross.add_argument("--json", action="store_true", help="print one JSON object with the run id and CV (and test) metrics last")
 
+    study, pruner = TuneOptions(), PrunerSettings()  # the defaults, typed once
     tune = commands.add_parser("tune", help="Optuna study over CV folds: a parent MLflow run, a nested run per trial, resumable, parallel")
     add_config_options(tune)
-    tune.add_argument("--folds", type=_whole_number, default=5, help="folds of the CV objective, 2 to 100 (default 5)")
+    tune.add_argument("--folds", type=_whole_number, default=DEFAULT_FOLDS, help=f"folds of the CV objective, 2 to {MAX_FOLDS} (default {DEFAULT_FOLDS})")
     tune.add_argument("--space", default=None, metavar="YAML", help="search-space file merged over the default (experiments/search_space.yaml)")
-    tune.add_argument("--n-trials", type=_whole_number, default=20, help="finished trials to add to the study (default 20)")
-    tune.add_argument("--n-workers", type=_whole_number, default=1, help="worker processes on this machine sharing the storage (default 1)")
+    tune.add_argument("--n-trials", type=_whole_number, default=study.n_trials, help=f"finished trials to add to the study (default {study.n_trials})")
+    tune.add_argument("--n-workers", type=_whole_number, default=study.n_workers, help=f"worker processes on this machine sharing the storage (default {study.n_workers})")
     tune.add_argument("--study-name", default=None, help="Optuna study (default deeprec-<dataset>-<orientation>-<arch>); an existing one is resumed")
     tune.add_argument("--storage", default=None, metavar="URL",
                       help="SQLAlchemy URL (sqlite:///PATH, postgresql+psycopg2://USER:PASS@HOST/DB) or journal:PATH (default optuna.db beside an SQLite MLflow store, else ./optuna.db)")
-    tune.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median", help="prune on per-epoch and per-fold validation RMSE (default median)")
-    tune.add_argument("--pruner-startup-trials", type=_whole_number, default=5, help="median pruner: complete trials before pruning starts (default 5)")
-    tune.add_argument("--pruner-warmup-steps", type=_whole_number, default=5, help="median pruner, per-epoch checks: a trial's steps before it may be pruned (default 5)")
-    tune.add_argument("--prune-every", choices=("epoch", "fold"), default="epoch",
-                      help="epoch: check after every epoch and every fold; fold: only after each fold, for spaces whose configurations learn at different speeds (default epoch)")
-    tune.add_argument("--heartbeat-interval", type=_whole_number, default=10, metavar="S", help="seconds between a running trial's heartbeats (default 10)")
-    tune.add_argument("--grace-period", type=_whole_number, default=30, metavar="S", help="a running trial without heartbeat for this long is failed (default 30)")
-    tune.add_argument("--refit", nargs="?", const=True, default=True, type=_boolean, metavar="true|false",
-                      help="retrain the best config on all non-test ratings and evaluate on test once (default true)")
+    tune.add_argument("--pruner", choices=PRUNERS, default=pruner.name, help=f"prune on per-epoch and per-fold validation RMSE (default {pruner.name})")
+    tune.add_argument("--pruner-startup-trials", type=_whole_number, default=pruner.startup_trials,
+                      help=f"median pruner: complete trials before pruning starts (default {pruner.startup_trials})")
+    tune.add_argument("--pruner-warmup-steps", type=_whole_number, default=pruner.warmup_steps,
+                      help=f"median pruner, per-epoch checks: a trial's steps before it may be pruned (default {pruner.warmup_steps})")
+    tune.add_argument("--prune-every", choices=PRUNE_EVERY, default=pruner.every,
+                      help=f"epoch: check after every epoch and every fold; fold: only after each fold, for spaces whose configurations learn at different speeds (default {pruner.every})")
+    tune.add_argument("--heartbeat-interval", type=_whole_number, default=study.heartbeat_interval, metavar="S",
+                      help=f"seconds between a running trial's heartbeats (default {study.heartbeat_interval})")
+    tune.add_argument("--grace-period", type=_whole_number, default=study.grace_period, metavar="S",
+                      help=f"a running trial without heartbeat for this long is failed (default {study.grace_period})")
+    tune.add_argument("--refit", nargs="?", const=True, default=study.refit, type=_boolean, metavar="true|false",
+                      help=f"retrain the best config on all non-test ratings and evaluate on test once (default {str(study.refit).lower()})")
     tune.add_argument("--no-refit", dest="refit", action="store_false", help="skip the refit")
     tune.add_argument("--json", action="store_true", help="print one JSON summary object last")
     tune.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # internal: a worker process, spec as JSON on stdin

@@ -69,7 +69,7 @@ class CVResult:
 
 def ensemble_metrics(result: CVResult, dataset: datasets.Dataset, test_rows: np.ndarray) -> dict[str, float]:
     """`ensemble_test_rmse`, `ensemble_test_rmse_user_avg`, ...: the fold models' average, scored once."""
-    metrics = experiment.ratings_metrics(dataset.ratings, test_rows, result.ensemble_predictions(), dataset.ratings.scale)
+    metrics = experiment.heldout_metrics(dataset.ratings, test_rows, result.ensemble_predictions(), dataset.ratings.scale)
     return {f"ensemble_{k}": v for k, v in metrics.items()}
 
 
@@ -100,7 +100,7 @@ def run_fold(
 ) -> FoldResult:
     """Train one fold with early stopping on its validation ratings; with `ensemble`, also keep the
     fold model's clipped predictions of the test ratings (unseen users/items: the fold's bias baseline)."""
-    from deeprec.train import fit  # TensorFlow: imported when a model is trained
+    from deeprec.train import fit
 
     prepared = experiment.prepare(cfg, dataset=dataset, split=split)
     model, history = fit(cfg, prepared.data, on_epoch=None if on_epoch is None else (lambda record: on_epoch(fold, record)))

@@ -27,6 +27,7 @@ from deeprec.config import TrainConfig
 from deeprec.errors import DeeprecError
 from deeprec.idmap import MISSING
 from deeprec.matrix import build_matrices, to_csr
+from deeprec.ratings import Ratings
 from deeprec.splits import Split, make_split
 from deeprec.train import TrainingData, compiled_forward, fit, predict_rows
 
@@ -125,13 +126,8 @@ def test_predictions(
     return predictions, known
 
 
-def rating_metrics(prepared: Prepared, rows: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+def heldout_metrics(ratings: Ratings, rows: np.ndarray, predictions: np.ndarray, scale: tuple[float, float]) -> dict[str, float]:
     """test_rmse, test_mae, test_rmse_user_avg (per raw user) and test_ratings for ratings `rows`."""
-    return ratings_metrics(prepared.dataset.ratings, rows, predictions, prepared.data.scale)
-
-
-def ratings_metrics(ratings, rows: np.ndarray, predictions: np.ndarray, scale: tuple[float, float]) -> dict[str, float]:
-    """The same from the ratings themselves (for predictions that no single Prepared made)."""
     user_labels = pd.factorize(ratings.users[rows])[0]
     result = {f"test_{k}": v for k, v in metrics.evaluate_ratings(user_labels, ratings.values[rows], predictions, scale).items()}
     result["test_ratings"] = float(len(rows))
@@ -149,7 +145,7 @@ def evaluate(model: keras.Model, prepared: Prepared) -> dict[str, float]:
     baselines = {kind: metrics.fit_baseline(kind, train_u, train_i, train_r, n_users, n_items) for kind in metrics.BASELINES}
     forward = compiled_forward(model, data.n_inputs)  # traced once, for the test ratings and the ranking
     predictions, known = test_predictions(model, prepared, baselines["user_item_bias"], forward)
-    result = rating_metrics(prepared, prepared.split.test, predictions)
+    result = heldout_metrics(prepared.dataset.ratings, prepared.split.test, predictions, prepared.data.scale)
     result["test_unseen"] = float((~known).sum())
     for kind, baseline in baselines.items():
         guess = metrics.clip(baseline.predict(users, items), scale)
@@ -232,14 +228,14 @@ def run_grouped(cfg: TrainConfig, prepared: Prepared, on_epoch: Callable[[dict],
         group_predictions, _ = test_predictions(model, group_prepared, bias_fallback(group_prepared))
         rows.append(sub.test)
         predictions.append(group_predictions)
-        group_metrics = rating_metrics(group_prepared, sub.test, group_predictions)
+        group_metrics = heldout_metrics(ratings, sub.test, group_predictions, prepared.data.scale)
         group_metrics["users"] = float(len(members))
         group_metrics.update(_history_summary(group_history))
         results.update({f"group_{label}_{k}": v for k, v in group_metrics.items()})
     if not rows:
         raise DeeprecError(f"groups={cfg.groups}: no group has both training and test ratings")
     all_rows, all_predictions = np.concatenate(rows), np.concatenate(predictions)
-    results.update(rating_metrics(prepared, all_rows, all_predictions))
+    results.update(heldout_metrics(ratings, all_rows, all_predictions, prepared.data.scale))
     results["groups_trained"] = float(len(rows))
     train_u, train_i, train_r = index_pairs(prepared, split.train)
     users, items, _ = index_pairs(prepared, all_rows)

@@ -37,10 +37,11 @@ ML100K_OCCUPATIONS = (
 _YEAR_IN_TITLE = re.compile(r"\((\d{4})\)\s*$")
 
 
-def _read_table(path: Path, sep: str, n_fields: int) -> list[list[str]]:
+def _read_table(path: Path, sep: str, n_fields: int) -> tuple[list[int], list[list[str]]]:
+    """(the line number of each row, its fields); blank lines are skipped, not counted as rows."""
     if not path.is_file():
         raise DataFormatError(path, None, "side-information file not found")
-    rows = []
+    lines, rows = [], []
     with path.open(encoding="latin-1", newline="") as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
@@ -48,10 +49,22 @@ def _read_table(path: Path, sep: str, n_fields: int) -> list[list[str]]:
             fields = line.rstrip("\r\n").split(sep)
             if len(fields) != n_fields:
                 raise DataFormatError(path, line_no, f"expected {n_fields} fields separated by {sep!r}, got {len(fields)}")
+            lines.append(line_no)
             rows.append(fields)
     if not rows:
         raise DataFormatError(path, None, "the file is empty")
-    return rows
+    return lines, rows
+
+
+def _numbers(path: Path, lines: list[int], texts: list[str], what: str, kind: type = int) -> list:
+    """Each text as an int (or float), or a DataFormatError naming the file, line and field."""
+    values = []
+    for line, text in zip(lines, texts):
+        try:
+            values.append(kind(text))
+        except ValueError:
+            raise DataFormatError(path, line, f"{what} {text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    return values
 
 
 def _one_hot(path: Path, values: list, categories: tuple, prefix: str, lines: list[int]) -> pd.DataFrame:
@@ -72,14 +85,10 @@ def _age_group(age: int) -> int:
 
 def ml1m_users(path: Path) -> pd.DataFrame:
     """users.dat (UserID::Gender::Age::Occupation::Zip) → 30 one-hot columns, indexed by user id."""
-    rows = _read_table(path, "::", 5)
-    lines = list(range(1, len(rows) + 1))
-    try:
-        ids = [int(r[0]) for r in rows]
-        ages = [int(r[2]) for r in rows]
-        occupations = [int(r[3]) for r in rows]
-    except ValueError as exc:
-        raise DataFormatError(path, None, f"non-integer id, age or occupation: {exc}") from exc
+    lines, rows = _read_table(path, "::", 5)
+    ids = _numbers(path, lines, [r[0] for r in rows], "user id")
+    ages = _numbers(path, lines, [r[2] for r in rows], "age")
+    occupations = _numbers(path, lines, [r[3] for r in rows], "occupation")
     table = pd.concat(
         [
             _one_hot(path, [r[1] for r in rows], GENDERS, "gender", lines),
@@ -93,13 +102,9 @@ def ml1m_users(path: Path) -> pd.DataFrame:
 
 def ml100k_users(path: Path) -> pd.DataFrame:
     """u.user (id|age|gender|occupation|zip) → the same 30 columns as ML-1M (ages bucketed)."""
-    rows = _read_table(path, "|", 5)
-    lines = list(range(1, len(rows) + 1))
-    try:
-        ids = [int(r[0]) for r in rows]
-        ages = [_age_group(int(r[1])) for r in rows]
-    except ValueError as exc:
-        raise DataFormatError(path, None, f"non-integer id or age: {exc}") from exc
+    lines, rows = _read_table(path, "|", 5)
+    ids = _numbers(path, lines, [r[0] for r in rows], "user id")
+    ages = [_age_group(age) for age in _numbers(path, lines, [r[1] for r in rows], "age")]
     table = pd.concat(
         [
             _one_hot(path, [r[2] for r in rows], GENDERS, "gender", lines),
@@ -113,26 +118,30 @@ def ml100k_users(path: Path) -> pd.DataFrame:
 
 def ml1m_items(path: Path) -> pd.DataFrame:
     """movies.dat (MovieID::Title (Year)::Genre|Genre) → 18 genre columns + release_year."""
-    rows = _read_table(path, "::", 3)
+    lines, rows = _read_table(path, "::", 3)
+    ids = _numbers(path, lines, [f[0] for f in rows], "movie id")
     genres = pd.DataFrame(0.0, index=range(len(rows)), columns=[f"genre={g}" for g in ML1M_GENRES], dtype=np.float32)
     for row, fields in enumerate(rows):
         for genre in fields[2].split("|"):
             if genre not in ML1M_GENRES:
-                raise DataFormatError(path, row + 1, f"unknown genre {genre!r}")
+                raise DataFormatError(path, lines[row], f"unknown genre {genre!r}")
             genres.iat[row, ML1M_GENRES.index(genre)] = 1.0
     years = [_YEAR_IN_TITLE.search(f[1]) for f in rows]
     genres["release_year"] = _fill_missing_years(path, [float(m.group(1)) if m else np.nan for m in years])
-    return genres.set_axis(pd.Index([int(f[0]) for f in rows], name="item"))
+    return genres.set_axis(pd.Index(ids, name="item"))
 
 
 def ml100k_items(path: Path) -> pd.DataFrame:
     """u.item (id|title|release date|video date|url|19 genre flags) → 19 genre columns + release_year."""
-    rows = _read_table(path, "|", 5 + len(ML100K_GENRES))
-    flags = np.array([[float(x) for x in f[5:]] for f in rows], dtype=np.float32)
+    lines, rows = _read_table(path, "|", 5 + len(ML100K_GENRES))
+    ids = _numbers(path, lines, [f[0] for f in rows], "movie id")
+    flags = np.array([_numbers(path, [line] * len(ML100K_GENRES), f[5:], "genre flag", float) for line, f in zip(lines, rows)], dtype=np.float32)
     table = pd.DataFrame(flags, columns=[f"genre={g}" for g in ML100K_GENRES])
     # Release dates look like "01-Jan-1995"; one movie has none.
-    table["release_year"] = _fill_missing_years(path, [float(f[2][-4:]) if f[2].strip() else np.nan for f in rows])
-    return table.set_axis(pd.Index([int(f[0]) for f in rows], name="item"))
+    dated = [(line, f[2]) for line, f in zip(lines, rows) if f[2].strip()]
+    years = dict(zip((line for line, _ in dated), _numbers(path, [line for line, _ in dated], [d[-4:] for _, d in dated], "release year", float)))
+    table["release_year"] = _fill_missing_years(path, [years.get(line, np.nan) for line in lines])
+    return table.set_axis(pd.Index(ids, name="item"))
 
 
 def _fill_missing_years(path: Path, years: list[float]) -> np.ndarray:

@@ -7,8 +7,10 @@ Semantics (state these in every report):
 - `rmse_user_avg` is the original report's variant: RMSE of each user over that user's held-out
   ratings, then the plain mean over users (every user weighs the same). Logged under its own name,
   never as `rmse`.
-- Unknown users/items: held-out ratings of users or items unseen in training are dropped when the
-  matrices are built (see matrix.build_matrices). A baseline given the index MISSING (-1), or an
+- Unknown users/items: held-out ratings of users or items unseen in training cannot be predicted
+  from the training matrix. The per-epoch validation RMSE leaves them out (they are not in the
+  matrices, see matrix.build_matrices); `test_rmse` covers every test rating, those predicted by
+  the user + item bias baseline (experiment.py). A baseline given the index MISSING (-1), or an
   index that had no training rating, predicts the global training mean (a missing bias is 0).
 - Ranking@k: relevant items of a user are the test items rated >= threshold; items rated in
   train are never candidates; users without a relevant test item are skipped; precision, recall

@@ -15,6 +15,7 @@ from deeprec.config import TrainConfig
 
 if TYPE_CHECKING:
     import keras
+    import tensorflow as tf
 
 # Keras names for the config's activation names.
 KERAS_ACTIVATIONS = {
@@ -96,7 +97,7 @@ def l2_penalties(model: keras.Model) -> list[tuple[keras.Variable, float]]:
     return penalties
 
 
-def penalty_value(penalties: list[tuple[keras.Variable, float]]):
+def penalty_value(penalties: list[tuple[keras.Variable, float]]) -> tf.Tensor:
     """Σ λ·ΣW² over `l2_penalties(model)`: what `model.losses` sums, as one reduction per kernel
     (l2_loss is ΣW²/2) without a squared copy of it."""
     import tensorflow as tf

@@ -85,17 +85,6 @@ class Ratings:
         levels, counts = np.unique(self.values, return_counts=True)
         return {_format_rating(float(v)): int(c) for v, c in zip(levels, counts)}
 
-    def subset(self, rows: np.ndarray) -> Ratings:
-        """The ratings at `rows` (an index array from a split), in that order."""
-        return Ratings(
-            users=self.users[rows],
-            items=self.items[rows],
-            values=self.values[rows],
-            timestamps=None if self.timestamps is None else self.timestamps[rows],
-            scale=self.scale,
-            source=self.source,
-        )
-
 
 def _format_rating(value: float) -> str:
     value = float(value)

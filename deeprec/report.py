@@ -15,10 +15,14 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from deeprec.sweep import TAG_KIND, TAG_ROW, TAG_SMOKE, TAG_SWEEP, Experiment, trained_row_config
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +109,7 @@ def markdown(experiment: Experiment, rows: list[ReportRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure(experiment: Experiment, rows: list[ReportRow]):
+def figure(experiment: Experiment, rows: list[ReportRow]) -> Figure:
     """Published vs measured per row (the experiment's metric), with the seed spread as error bars."""
     from matplotlib.figure import Figure  # not pyplot: no window, no global backend
 

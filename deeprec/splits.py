@@ -167,9 +167,10 @@ class KFolds(Sequence[tuple[np.ndarray, np.ndarray]]):
 def kfold_splits(users: np.ndarray, k: int, seed: int, pool: np.ndarray | None = None) -> KFolds:
     """K (train, valid) index pairs over `pool` (default: every rating), stratified by user.
 
-    Each pooled rating is in exactly one validation fold, except the ratings of users with fewer
-    than K ratings in the pool: those stay in training in every fold. Both arrays of a pair are
-    sorted.
+    Each pooled rating is in exactly one validation fold, except where a user is too small to
+    stratify: users with 2 to K-1 pooled ratings are stratified together as one group (validated
+    when that group holds at least K ratings), and a user's only rating stays in training in every
+    fold. Both arrays of a pair are sorted.
     """
     if k < 2:
         raise DeeprecError(f"k-fold needs at least 2 folds, got {k}")

@@ -53,10 +53,14 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, fields
 from multiprocessing.synchronize import Event
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deeprec import datasets, interrupts
 from deeprec.config import ConfigError, TrainConfig, check_cv, check_param_names, format_param, parse_bool, read_yaml_file
 from deeprec.errors import DeeprecError
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +208,7 @@ def _string_params(path: Path, where: str, params: object) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Job:
-    experiment_path: str
+    experiment: Experiment  # as validated when the sweep started: an edit to the file meanwhile changes no job
     row: str
     seed_index: int
     epochs: int | None
@@ -235,7 +239,7 @@ def _run_job(job: Job, loaded: dict[str, datasets.Dataset] | None = None) -> str
 
     if _stop is not None and _stop.is_set():  # queued before the interrupt: start nothing new
         return ""
-    experiment = load_experiment(job.experiment_path)
+    experiment = job.experiment
     row = next(r for r in experiment.rows if r.name == job.row)
     cfg = experiment.config(row, job.seed_index, job.epochs)
     dataset = None
@@ -288,7 +292,7 @@ def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: i
     parent_id = _parent_run(experiment)
     done = finished_runs(experiment, smoke)
     jobs = [
-        Job(str(experiment.path), row.name, s, epochs, parent_id)
+        Job(experiment, row.name, s, epochs, parent_id)
         for row in experiment.rows for s in range(seeds) if (row.name, s) not in done
     ]
     log.info("sweep %s: %d row(s) x %d seed(s), %d already finished, %d to run%s",
@@ -392,7 +396,7 @@ def finished_runs(experiment: Experiment, smoke: bool) -> set[tuple[str, int]]:
     }
 
 
-def logged_config(run) -> TrainConfig | None:
+def logged_config(run: Run) -> TrainConfig | None:
     """A tracked run's params read back as a config, so "1e-3" and "0.001" agree; a field the run
     predates takes its default, so adding a config field does not orphan older runs."""
     known = {f.name for f in fields(TrainConfig)}
@@ -402,7 +406,7 @@ def logged_config(run) -> TrainConfig | None:
         return None
 
 
-def logged_cv(run) -> RowCV | None:
+def logged_cv(run: Run) -> RowCV | None:
     """The folds and ensemble a tracked cross-validation run logged; None for a training run."""
     params = run.data.params
     if "folds" not in params:
@@ -414,7 +418,7 @@ def logged_cv(run) -> RowCV | None:
         return None
 
 
-def trained_row_config(run, experiment: Experiment, row: Row) -> bool:
+def trained_row_config(run: Run, experiment: Experiment, row: Row) -> bool:
     """Whether a tracked sweep run trained `row`'s current config for its seed index, the
     same way (one training run, or the row's cross-validation)."""
     logged = logged_config(run)
@@ -462,9 +466,10 @@ def _reuse_trained(experiment: Experiment, jobs: list[Job], parent_id: str) -> l
     return left
 
 
-def _copy_run(source, experiment: Experiment, job: Job, parent_id: str) -> str:
+def _copy_run(source: Run, experiment: Experiment, job: Job, parent_id: str) -> str:
     """A FINISHED run of this sweep with the source run's params, metric histories, artifacts and
-    wall times; its models stay logged with the source run, which the run's note names."""
+    wall times. Its logged models (the recommender) stay with the source run, which the run's note
+    and its `deeprec.reused_from` tag name; the artifacts copied include the Keras model's files."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.entities import Param
@@ -477,7 +482,7 @@ def _copy_run(source, experiment: Experiment, job: Job, parent_id: str) -> str:
         TAG_SWEEP: experiment.name, TAG_ROW: job.row, TAG_SEED: str(job.seed_index), TAG_SMOKE: "false", TAG_KIND: "sweep-run",
         TAG_REUSED: source_id, "mlflow.parentRunId": parent_id,
         "mlflow.note.content": f"Copied from run {source_id} (sweep {source.data.tags.get(TAG_SWEEP)}, row "
-                               f"{source.data.tags.get(TAG_ROW)}): the same config and seed on the same data. Its models are logged there.",
+                               f"{source.data.tags.get(TAG_ROW)}): the same config and seed on the same data. Its recommender is logged there.",
     })
     run = client.create_run(client.get_run(parent_id).info.experiment_id, start_time=source.info.start_time, tags=tags, run_name=name)
     run_id = run.info.run_id

@@ -1,4 +1,4 @@
-"""MLflow tracking for one training run: the only module (with serve.py) that imports mlflow.
+"""MLflow tracking for training runs (one run, a cross-validation, a refit).
 
 A run gets: params = every config field (same names as MLproject); tags for dataset, digest,
 split, seed and package version; the dataset as an MLflow input; per-epoch metrics with
@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import keras
 import mlflow
 import numpy as np
 import pandas as pd
@@ -148,7 +149,7 @@ def log_history(history: list[dict]) -> None:
         mlflow.log_artifact(str(path))
 
 
-def log_models(model, prepared: experiment.Prepared, cfg: TrainConfig) -> None:
+def log_models(model: keras.Model, prepared: experiment.Prepared, cfg: TrainConfig) -> None:
     """The Keras model (plain layers) with signature and example, and the pyfunc recommender.
 
     Ctrl-C or SIGTERM waits until both are written (a few seconds): MLflow marks a logged model
@@ -173,9 +174,9 @@ def _log_models(model, prepared: experiment.Prepared, cfg: TrainConfig) -> None:
     serve.log_recommender(plain, prepared, cfg, name="recommender")
 
 
-def run_tags(cfg: TrainConfig, prepared_dataset, extra: dict[str, str] | None = None) -> dict[str, str]:
+def run_tags(cfg: TrainConfig, dataset: experiment.datasets.Dataset, extra: dict[str, str] | None = None) -> dict[str, str]:
     return {
-        "dataset": cfg.dataset, "dataset_digest": prepared_dataset.digest, "split": cfg.split, "seed": str(cfg.seed),
+        "dataset": cfg.dataset, "dataset_digest": dataset.digest, "split": cfg.split, "seed": str(cfg.seed),
         "deeprec_version": __version__, **(extra or {}),
     }
 
@@ -255,12 +256,13 @@ def killed_on_interrupt() -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        mlflow.set_tag("failure", "interrupted by the user")
-        mlflow.end_run("KILLED")
+        with interrupts.deferred():  # a second Ctrl-C here would leave the run RUNNING
+            mlflow.set_tag("failure", "interrupted by the user")
+            mlflow.end_run("KILLED")
         raise
 
 
-def tracked_refit(cfg: TrainConfig, epochs: int, dataset, tags: dict[str, str] | None = None) -> tuple[str, dict[str, float]]:
+def tracked_refit(cfg: TrainConfig, epochs: int, dataset: experiment.datasets.Dataset, tags: dict[str, str] | None = None) -> tuple[str, dict[str, float]]:
     """A run (nested under the active one, if any): train on all non-test ratings for `epochs`,
     evaluate on the test split once. Returns its run id and test metrics."""
     with mlflow.start_run(run_name="refit", nested=True) as run, killed_on_interrupt():
@@ -326,4 +328,8 @@ def _log_partial(history: list[dict]) -> None:
 
 
 def tracking_summary() -> str:
-    return f"tracking URI {mlflow.get_tracking_uri()}, experiment {os.environ.get('MLFLOW_EXPERIMENT_NAME', 'Default')}"
+    """Where the runs go: the tracking URI and the experiment, as the environment names it
+    (`mlflow run --experiment-name` passes the experiment's id)."""
+    name, experiment_id = os.environ.get("MLFLOW_EXPERIMENT_NAME"), os.environ.get("MLFLOW_EXPERIMENT_ID")
+    experiment_text = name if name else f"id {experiment_id}" if experiment_id else "Default"
+    return f"tracking URI {mlflow.get_tracking_uri()}, experiment {experiment_text}"

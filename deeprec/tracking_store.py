@@ -105,7 +105,9 @@ def recommender_uri(run_id: str) -> str:
     if any(model.status == LoggedModelStatus.READY for model in models):
         return f"runs:/{run_id}/recommender"
     tags = run.data.tags
-    if "deeprec.models" in tags:
+    if "deeprec.reused_from" in tags:  # a sweep's copy of another sweep's run (sweep.TAG_REUSED)
+        reason = f"it is a copy of run {tags['deeprec.reused_from']}, which holds it; use --run-id {tags['deeprec.reused_from']}"
+    elif "deeprec.models" in tags:
         reason = tags["deeprec.models"]
     elif "deeprec.kind" in tags:
         reason = f"it is a {tags['deeprec.kind']} run; recommenders come from `deeprec train` runs and sweep rows"

@@ -114,7 +114,7 @@ def test_fold_ensemble_scores_the_mean_of_the_fold_models(workspace: Path) -> No
     fold_rmses = [np.sqrt(np.mean((p - truth) ** 2)) for p in per_fold]
     assert ensemble["ensemble_test_rmse"] <= np.mean(fold_rmses) + 1e-9  # Minkowski: never worse than the folds' mean
     assert ensemble["ensemble_test_ratings"] == len(base.test)
-    assert set(experiment.ratings_metrics(dataset.ratings, base.test, per_fold[0], scale)) == {k.removeprefix("ensemble_") for k in ensemble}
+    assert set(experiment.heldout_metrics(dataset.ratings, base.test, per_fold[0], scale)) == {k.removeprefix("ensemble_") for k in ensemble}
 
 
 def test_cv_without_ensemble_keeps_no_predictions(workspace: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,26 @@ def test_unknown_genre_names_the_line(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "movies.dat", ["1::Toy Story (1995)::Comedy", "2::Jumanji (1995)::Space Opera"])
     with pytest.raises(DataFormatError, match=r"line 2: unknown genre 'Space Opera'"):
         features.ml1m_items(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "lines", "read", "message"),
+    [
+        # a blank line before the bad one: the line number is the file's, not the row's
+        ("users.dat", ["1::F::1::10::48067", "", "2::M::old::16::70072"], features.ml1m_users, "line 3: age 'old' is not an integer"),
+        ("users.dat", ["x::F::1::10::48067"], features.ml1m_users, "line 1: user id 'x' is not an integer"),
+        ("movies.dat", ["1::Toy Story (1995)::Comedy", "", "", "2a::Jumanji (1995)::Comedy"], features.ml1m_items, "line 4: movie id '2a' is not an integer"),
+        ("movies.dat", ["1::Toy Story (1995)::Comedy", "", "2::Jumanji (1995)::Space Opera"], features.ml1m_items, "line 3: unknown genre 'Space Opera'"),
+        ("u.user", ["1|24|M|technician|85711", "2|5x|F|writer|94043"], features.ml100k_users, "line 2: age '5x' is not an integer"),
+        ("u.item", ["1|Toy Story (1995)|01-Jan-1995||url" + "|0" * 18 + "|y"], features.ml100k_items, "line 1: genre flag 'y' is not a number"),
+        ("u.item", ["1|Toy Story (1995)|01-Jan-19x5||url" + "|0" * 19], features.ml100k_items, "line 1: release year '19x5' is not a number"),
+    ],
+)
+def test_malformed_side_information_names_the_file_and_line(tmp_path: Path, name: str, lines: list[str], read, message: str) -> None:
+    path = write_lines(tmp_path / name, lines)
+    with pytest.raises(DataFormatError, match=re.escape(message)) as err:
+        read(path)
+    assert str(err.value) == f"{path}, {message}"
 
 
 def test_unknown_occupation_names_the_line(tmp_path: Path) -> None:

@@ -201,6 +201,10 @@ def test_a_row_another_sweep_trained_is_copied_not_trained_again(workspace: Path
         m.value for m in client.get_metric_history(source.info.run_id, "valid_rmse")] and len(client.get_metric_history(copy.info.run_id, "valid_rmse")) == 3
     assert (copy.info.start_time, copy.info.end_time) == (source.info.start_time, source.info.end_time)
     assert {a.path for a in client.list_artifacts(copy.info.run_id)} == {a.path for a in client.list_artifacts(source.info.run_id)}
+    capsys.readouterr()
+    assert main(["recommend", "--run-id", copy.info.run_id, "--user", "1"]) == 2  # the recommender stays with the source run
+    assert capsys.readouterr().err.strip() == (f"deeprec: error: run {copy.info.run_id} has no recommender: it is a copy of run "
+                                               f"{source.info.run_id}, which holds it; use --run-id {source.info.run_id}")
     assert main(["report", "other.yaml", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]}
     assert rows["baseline"]["measured_user_avg"] == pytest.approx(source.data.metrics["test_rmse_user_avg"])

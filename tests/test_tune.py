@@ -98,7 +98,7 @@ def test_command_line_values_other_than_defaults_win_over_fixed_fields(caplog: p
     base = space.base_config(TrainConfig().validate())
     assert (base.epochs, base.patience, base.noise, base.orientation) == (600, 20, "mask", "item")
     # A smoke run of the tuned space: --epochs 2 is not the default, so it wins (and says so).
-    with caplog.at_level(logging.INFO, logger="deeprec.tune"):
+    with caplog.at_level(logging.INFO, logger="deeprec.search_space"):
         smoke = space.base_config(TrainConfig(epochs=2, noise="dropout").validate())
     assert (smoke.epochs, smoke.noise, smoke.patience) == (2, "dropout", 20)
     assert "fixed.epochs = 600 overridden by the command line's 2" in caplog.text
