@@ -191,6 +191,7 @@ def download(spec: DatasetSpec, progress: Progress | None = None, root: Path | N
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DeeprecError(f"cannot create the data directory {root}: {exc.strerror}") from exc
+    present_before = find_local(spec, root) is not None  # then it is replaced; one that appears meanwhile is kept
     expected_md5 = spec.md5 or _published_md5(spec, root)
     archive = root / spec.archive_name
     fd, partial = tempfile.mkstemp(prefix=f".{spec.archive_name}.", suffix=".part", dir=root)
@@ -205,16 +206,21 @@ def download(spec: DatasetSpec, progress: Progress | None = None, root: Path | N
         if not (extracted / spec.ratings_file).is_file():
             raise DownloadError(f"{spec.url}: the archive has no {spec.archive_dir}/{spec.ratings_file}; nothing was cached")
         # Rename, not copy: the cache entry appears whole or not at all. Another process that
-        # fetched the same archive at the same time may have put its copy there first: keep it.
-        if target.exists() and find_local(spec, root) is None:
-            shutil.rmtree(target)  # a folder without the ratings file, e.g. an unzip by hand gone wrong
+        # fetched the same archive at the same time (a parallel sweep's worker) may have put its
+        # copy there meanwhile: that one is kept, not deleted under its readers.
+        appeared = find_local(spec, root) if not present_before else None
+        if appeared is not None:
+            log.info("%s: another process cached it meanwhile; using that copy", spec.name)
+            return appeared
+        if target.exists():
+            shutil.rmtree(target)
         try:
             os.replace(extracted, target)
-        except OSError:
-            if find_local(spec, root) is None:
+        except OSError:  # the other process renamed its copy in between: the same files
+            appeared = find_local(spec, root)
+            if present_before or appeared is None:
                 raise
-            log.info("%s: another process cached it meanwhile; using that copy", spec.name)
-            return find_local(spec, root)
+            return appeared
         os.replace(partial, archive)  # kept so that `deeprec data verify` can re-check the MD5
     finally:
         Path(partial).unlink(missing_ok=True)
