@@ -33,7 +33,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.types import ColSpec, Schema
 
-from deeprec import __version__, cv, experiment, interrupts, serve
+from deeprec import __version__, cv, datasets, experiment, interrupts, serve
 from deeprec.config import TrainConfig
 from deeprec.models import untie
 from deeprec.train import TrainingDiverged, model_inputs
@@ -174,7 +174,7 @@ def _log_models(model, prepared: experiment.Prepared, cfg: TrainConfig) -> None:
     serve.log_recommender(plain, prepared, cfg, name="recommender")
 
 
-def run_tags(cfg: TrainConfig, dataset: experiment.datasets.Dataset, extra: dict[str, str] | None = None) -> dict[str, str]:
+def run_tags(cfg: TrainConfig, dataset: datasets.Dataset, extra: dict[str, str] | None = None) -> dict[str, str]:
     return {
         "dataset": cfg.dataset, "dataset_digest": dataset.digest, "split": cfg.split, "seed": str(cfg.seed),
         "deeprec_version": __version__, **(extra or {}),
@@ -205,7 +205,7 @@ def track_cv(
     ensemble: bool = False,
     tags: dict[str, str] | None = None,
     parent_run_id: str | None = None,
-    dataset: experiment.datasets.Dataset | None = None,
+    dataset: datasets.Dataset | None = None,
 ) -> tuple[str, cv.CVResult, dict[str, float]]:
     """One parent run (mean ± std over folds, per-fold metrics with step=fold, a fold plot) and one
     nested run per fold with its per-epoch curves; with `refit`, a nested "refit" run trained on
@@ -215,7 +215,7 @@ def track_cv(
     `dataset` is cfg's dataset already loaded (else it is loaded here)."""
     cfg.validate()
     if dataset is None:
-        dataset = experiment.datasets.load(experiment.datasets.get_spec(cfg.dataset))
+        dataset = datasets.load(datasets.get_spec(cfg.dataset))
     base, splits = cv.fold_splits(cfg, dataset, folds)
     results: list[cv.FoldResult] = []
     with mlflow.start_run(run_name=run_name or f"cv {folds} folds", parent_run_id=parent_run_id) as parent, killed_on_interrupt():
@@ -262,7 +262,7 @@ def killed_on_interrupt() -> Iterator[None]:
         raise
 
 
-def tracked_refit(cfg: TrainConfig, epochs: int, dataset: experiment.datasets.Dataset, tags: dict[str, str] | None = None) -> tuple[str, dict[str, float]]:
+def tracked_refit(cfg: TrainConfig, epochs: int, dataset: datasets.Dataset, tags: dict[str, str] | None = None) -> tuple[str, dict[str, float]]:
     """A run (nested under the active one, if any): train on all non-test ratings for `epochs`,
     evaluate on the test split once. Returns its run id and test metrics."""
     with mlflow.start_run(run_name="refit", nested=True) as run, killed_on_interrupt():
@@ -278,7 +278,7 @@ def tracked_refit(cfg: TrainConfig, epochs: int, dataset: experiment.datasets.Da
 
 def train_tracked(
     cfg: TrainConfig, run_name: str | None = None, tags: dict[str, str] | None = None, nested: bool = False, parent_run_id: str | None = None,
-    dataset: experiment.datasets.Dataset | None = None,
+    dataset: datasets.Dataset | None = None,
 ) -> RunResult:
     """Prepare data, train, evaluate and log one run; return its id, final metrics and history.
     `dataset`: cfg's dataset already loaded (else it is loaded here)."""
