@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -26,14 +25,9 @@ EXIT_INTERRUPTED = 130
 
 def _scale(text: str) -> tuple[float, float]:
     try:
-        low, high = (float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected MIN,MAX such as 1,5, got {text!r}") from None
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise argparse.ArgumentTypeError(f"MIN and MAX must be finite numbers, got {text!r}")
-    if not low < high:
-        raise argparse.ArgumentTypeError(f"MIN must be below MAX, got {text!r}")
-    return low, high
+        return datasets.parse_scale(text)
+    except DeeprecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _whole_number(text: str) -> int:
@@ -70,7 +64,7 @@ def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sep", default=None, help="csv:PATH only: field separator (default: detected)")
     parser.add_argument("--header", choices=("auto", "yes", "no"), default="auto", help="csv:PATH only: is the first line a header")
     parser.add_argument("--scale", type=_scale, default=None, metavar="MIN,MAX", help="csv:PATH only: rating scale (default: from the data)")
-    parser.add_argument("--duplicates", choices=DUPLICATE_POLICIES, default="error", help="duplicate (user, item) ratings: error (default) or keep the last")
+    parser.add_argument("--duplicates", choices=DUPLICATE_POLICIES, default=None, help="duplicate (user, item) ratings: error (default) or keep the last")
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -199,7 +193,7 @@ def _progress_printer(name: str):
 
 
 def _spec(args: argparse.Namespace) -> datasets.DatasetSpec:
-    return datasets.get_spec(args.dataset, sep=getattr(args, "sep", None), header=_header(getattr(args, "header", "auto")), scale=getattr(args, "scale", None))
+    return datasets.get_spec(args.dataset, sep=args.sep, header=_header(args.header), scale=args.scale, duplicates=args.duplicates)
 
 
 def cmd_data_download(args: argparse.Namespace) -> int:
@@ -236,7 +230,7 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     spec = _spec(args)
     if args.split is not None:
         check_split_for(args.split, spec.name)  # before any loading
-    dataset = datasets.load(spec, duplicates=args.duplicates, progress=_progress_printer(spec.archive_name or spec.name))
+    dataset = datasets.load(spec, progress=_progress_printer(spec.archive_name or spec.name))
     summary = dataset_summary(dataset)
     if args.split is not None:
         split = make_split(args.split, dataset.ratings.users, seed=args.seed)
@@ -270,7 +264,7 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
         print(f"{archive}: MD5 {md5} {'matches' if ok else 'DOES NOT MATCH'} the published {spec.md5}")
     else:
         print(f"{folder}: extracted files used as they are (no archive with a pinned checksum to re-check)")
-    dataset = datasets.load(spec, duplicates=args.duplicates)
+    dataset = datasets.load(spec)
     print(f"{dataset.ratings.source}: {len(dataset.ratings):,} ratings valid (MD5 {dataset.digest})")
     if spec.side_info:
         users, items = dataset.user_features(), dataset.item_features()
@@ -279,8 +273,14 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
     return 0 if ok else EXIT_FAILED
 
 
+def _warn_unused_settings(cfg: TrainConfig) -> None:
+    for note in cfg.unused_settings():
+        log.warning("%s", note)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    _warn_unused_settings(cfg)
     tracking_store.check_store_usable()
     dataset = datasets.load(datasets.get_spec(cfg.dataset))  # a bad ratings file is one line, before TensorFlow's start-up lines
     from deeprec import tracking  # heavy (TensorFlow, MLflow): imported only once the config, store and data are good
@@ -300,6 +300,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_cv(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    _warn_unused_settings(cfg)
     check_cv(cfg, args.folds)
     tracking_store.check_store_usable()
     dataset = datasets.load(datasets.get_spec(cfg.dataset))  # a bad ratings file is one line, before TensorFlow's start-up lines
@@ -375,7 +376,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from deeprec.search_space import load_space
 
     space = load_space(args.space or None)  # every key and range checked before anything heavy
-    base = space.base_config(cfg)
+    base = space.base_config(cfg, log_overrides=False)  # run_study logs them
     space.check(base)  # a searched value no trial could use
     check_cv(base, args.folds)
     tracking_store.check_store_usable()

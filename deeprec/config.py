@@ -79,6 +79,11 @@ class TrainConfig:
         _choice("model", self.model, tuple(models.MODELS))
         if not self.dataset.startswith("csv:"):
             _choice("dataset", self.dataset, tuple(datasets.DATASETS))
+        else:  # its ?options are read here, so a typo in one is found with the other fields
+            try:
+                datasets.get_spec(self.dataset)
+            except DeeprecError as exc:
+                raise ConfigError(f"dataset: {exc}") from None
         _choice("split", self.split, splits.SPLIT_NAMES)
         try:
             splits.check_split_for(self.split, self.dataset)
@@ -135,6 +140,20 @@ class TrainConfig:
             raise ConfigError(f"groups: {self.dataset} has no user demographics for age-gender groups; use kmeans:K")
         return self
 
+    def unused_settings(self) -> list[str]:
+        """Fields set away from their default that this config never reads: a `--noise_level 0.2`
+        without `--noise` is most likely a forgotten option, not a wish for no noise. Not an error,
+        since a search space may sample `noise` and `noise_level` independently."""
+        default = TrainConfig()
+        notes = []
+        if self.noise == "none" and self.noise_level != default.noise_level:
+            notes.append(f"noise_level {format_param(self.noise_level)} has no effect with noise=none (choose gaussian, dropout or mask)")
+        if self.optimizer != "momentum" and self.momentum != default.momentum:
+            notes.append(f"momentum {format_param(self.momentum)} has no effect with optimizer={self.optimizer} (it applies to optimizer=momentum)")
+        if self.l2_decoder is not None and self.tied:
+            notes.append("l2_decoder has no effect with tied=true (the decoder is the encoder's kernel transposed)")
+        return notes
+
     def to_params(self) -> dict[str, str]:
         """Flat string params for MLflow (same names as MLproject); an unset l2_decoder is "same"."""
         return {f.name: format_param(getattr(self, f.name)) for f in fields(self)}
@@ -161,7 +180,7 @@ def check_param_names(params: Iterable[str]) -> None:
 
 FIELD_DOCS: dict[str, str] = {
     "model": "str — model builder from the registry (deeprec.models.MODELS); `autoencoder` covers AutoRec and Deep AutoRec",
-    "dataset": "str — ml-100k | ml-1m | ml-10m | ml-20m | ml-latest-small | csv:PATH",
+    "dataset": "str — ml-100k | ml-1m | ml-10m | ml-20m | ml-latest-small | csv:PATH[?sep=,&header=yes|no&scale=MIN,MAX&duplicates=keep-last]",
     "split": "str — holdout (the report's 10%/10% stratified protocol) | u1..u5 (ML-100K canonical folds)",
     "orientation": "str — user (U-AutoRec: a row per user) | item (I-AutoRec: a row per item)",
     "arch": f"str — comma-separated hidden layer sizes, each at most {MAX_LAYER_SIZE}; 500 is AutoRec, 256,512,256 a deep model whose middle layer is the code",

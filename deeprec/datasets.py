@@ -2,7 +2,9 @@
 
 Each MovieLens release is a frozen DatasetSpec: where GroupLens publishes it, the archive's
 published MD5, the files inside, their format and the rating scale. `csv:PATH` names any local
-user,item,rating[,timestamp] file.
+user,item,rating[,timestamp] file; how to read it can follow the path as a query,
+`csv:PATH?sep=;&header=no&scale=1,10&duplicates=keep-last`, so that the one `dataset` value of a
+config (an MLflow param, a sweep row) says everything the training needs to read it again.
 
 Cache: `$DEEPREC_DATA_DIR` (default `~/.cache/deeprec/datasets`, or under `$XDG_CACHE_HOME`).
 A dataset lives in `<cache>/<name>/` as the extracted files. A folder that already holds them
@@ -16,23 +18,25 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
+import math
 import os
 import re
 import shutil
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
 from deeprec import features
 from deeprec.errors import DeeprecError, DownloadError
-from deeprec.ratings import DuplicatePolicy, Ratings, RatingsFormat, read_ratings
+from deeprec.ratings import DUPLICATE_POLICIES, DuplicatePolicy, Ratings, RatingsFormat, read_ratings
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,7 @@ class DatasetSpec:
     side_info: str | None = None  # which feature parsers apply: "ml-1m" | "ml-100k"
     local_path: Path | None = None  # csv:PATH datasets: the file itself
     description: str = ""
+    duplicates: DuplicatePolicy = "error"  # duplicate (user, item) ratings: refused, or the last one kept
 
     @property
     def archive_name(self) -> str | None:
@@ -116,25 +121,84 @@ def dataset_names() -> list[str]:
     return sorted(DATASETS) + ["csv:PATH"]
 
 
+CSV_OPTIONS = ("sep", "header", "scale", "duplicates")
+SEPARATOR_NAMES = {"tab": "\t", "space": " "}  # separators that are awkward to type in a query
+HEADER_VALUES = {"auto": None, "yes": True, "no": False}
+
+
+def parse_scale(text: str) -> tuple[float, float]:
+    """`MIN,MAX` such as `1,5` or `0.5,5`: two finite numbers, MIN below MAX."""
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        raise DeeprecError(f"expected MIN,MAX such as 1,5, got {text!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise DeeprecError(f"MIN and MAX must be finite numbers, got {text!r}")
+    if not low < high:
+        raise DeeprecError(f"MIN must be below MAX, got {text!r}")
+    return low, high
+
+
+def parse_csv_name(name: str) -> tuple[str, dict[str, str]]:
+    """`csv:PATH?key=value&...` -> (PATH, {key: value}). Values are percent-decoded (`sep=%09`);
+    `+` stays a plus. A path holding `?` cannot be named this way."""
+    path, _, query = name[len("csv:"):].partition("?")
+    if not path:
+        raise DeeprecError("csv: needs a path, e.g. csv:ratings.csv")
+    options: dict[str, str] = {}
+    for item in query.split("&") if query else ():
+        key, equals, value = item.partition("=")
+        if not equals or not value:
+            raise DeeprecError(f"{name}: expected key=value after '?', got {item!r} (keys: {', '.join(CSV_OPTIONS)})")
+        if key not in CSV_OPTIONS:
+            raise DeeprecError(f"{name}: unknown option {key!r}; choose from {', '.join(CSV_OPTIONS)}")
+        if key in options:
+            raise DeeprecError(f"{name}: option {key!r} is given twice")
+        options[key] = urllib.parse.unquote(value)
+    return path, options
+
+
 def get_spec(name: str, sep: str | None = None, header: bool | None = None,
-             scale: tuple[float, float] | None = None) -> DatasetSpec:
-    """The spec for a registered name or `csv:PATH`; `sep`/`header`/`scale` apply to csv only."""
+             scale: tuple[float, float] | None = None, duplicates: DuplicatePolicy | None = None) -> DatasetSpec:
+    """The spec for a registered name or `csv:PATH[?options]`. `sep`/`header`/`scale` (the data
+    commands' flags) apply to csv only and may not repeat an option of the name's query."""
+    if duplicates is not None and duplicates not in DUPLICATE_POLICIES:
+        raise DeeprecError(f"unknown duplicate policy {duplicates!r}; choose one of {', '.join(DUPLICATE_POLICIES)}")
     if name.startswith("csv:"):
-        path = Path(name[4:]).expanduser()
-        if not name[4:]:
-            raise DeeprecError("csv: needs a path, e.g. csv:ratings.csv")
+        path_text, options = parse_csv_name(name)
+        flags = {"sep": sep, "header": header, "scale": scale, "duplicates": duplicates}
+        given_twice = [key for key, value in flags.items() if value is not None and key in options]
+        if given_twice:
+            raise DeeprecError(f"--{given_twice[0]} repeats the {given_twice[0]}= option of {name}; give it once")
+        if "sep" in options:
+            sep = SEPARATOR_NAMES.get(options["sep"], options["sep"])
         if sep == "":
             raise DeeprecError("--sep is empty; give the field separator (e.g. --sep ',') or leave it out to detect it")
+        if "header" in options:
+            if options["header"] not in HEADER_VALUES:
+                raise DeeprecError(f"{name}: header must be one of {', '.join(HEADER_VALUES)}, got {options['header']!r}")
+            header = HEADER_VALUES[options["header"]]
+        if "scale" in options:
+            try:
+                scale = parse_scale(options["scale"])
+            except DeeprecError as exc:
+                raise DeeprecError(f"{name}: scale: {exc}") from None
+        if "duplicates" in options:
+            if options["duplicates"] not in DUPLICATE_POLICIES:
+                raise DeeprecError(f"{name}: duplicates must be one of {', '.join(DUPLICATE_POLICIES)}, got {options['duplicates']!r}")
+            duplicates = options["duplicates"]  # type: ignore[assignment]
+        path = Path(path_text).expanduser()
         return DatasetSpec(
             name=name, ratings_file=path.name, local_path=path, scale=scale,
             ratings_format=RatingsFormat(sep=sep, header=header, encoding="utf-8"),
-            description=f"ratings file {path}",
+            description=f"ratings file {path}", duplicates=duplicates or "error",
         )
     if name not in DATASETS:
         raise DeeprecError(f"unknown dataset {name!r}; choose one of: {', '.join(dataset_names())}")
     if sep is not None or header is not None or scale is not None:
         raise DeeprecError(f"--sep, --header and --scale apply to csv:PATH datasets, not to {name}")
-    return DATASETS[name]
+    spec = DATASETS[name]
+    return spec if duplicates is None else replace(spec, duplicates=duplicates)
 
 
 def data_root() -> Path:
@@ -327,9 +391,10 @@ class Dataset:
         return parser(self.folder / self.spec.items_file)
 
 
-def load(spec: DatasetSpec, duplicates: DuplicatePolicy = "error", progress: Progress | None = None) -> Dataset:
-    """Ensure the dataset is present (downloading if needed), then parse and validate its ratings."""
+def load(spec: DatasetSpec, progress: Progress | None = None) -> Dataset:
+    """Ensure the dataset is present (downloading if needed), then parse and validate its ratings
+    (duplicate pairs as `spec.duplicates` says)."""
     folder = ensure_dataset(spec, progress=progress)
     ratings_path = spec.local_path if spec.local_path is not None else folder / spec.ratings_file
-    ratings = read_ratings(ratings_path, spec.ratings_format, scale=spec.scale, duplicates=duplicates)
+    ratings = read_ratings(ratings_path, spec.ratings_format, scale=spec.scale, duplicates=spec.duplicates)
     return Dataset(spec=spec, folder=folder, ratings=ratings, digest=archive_md5(ratings_path))

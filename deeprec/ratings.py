@@ -298,8 +298,8 @@ def _deduplicated(frame: pd.DataFrame, layout: _Layout, policy: DuplicatePolicy)
         layout.path,
         layout.line_of(row),
         f"duplicate rating of item {item} by user {user} (first at line {layout.line_of(first)}); "
-        "training needs one rating per (user, item), so remove the duplicates, or keep the last of each "
-        "with duplicates='keep-last' in Python (--duplicates keep-last in `deeprec data info/verify`)",
+        "training needs one rating per (user, item), so remove the duplicates, or keep the last of each: "
+        "--dataset 'csv:PATH?duplicates=keep-last' (--duplicates keep-last in `deeprec data info/verify`)",
     )
 
 

@@ -102,16 +102,17 @@ class SearchSpace:
         """Rebuild from `to_dict()` output (how a worker process receives the space)."""
         return parse_space({"params": dict(doc["params"]), "fixed": dict(doc.get("fixed") or {})}, source, merge_default=False)
 
-    def base_config(self, cfg: TrainConfig) -> TrainConfig:
+    def base_config(self, cfg: TrainConfig, log_overrides: bool = True) -> TrainConfig:
         """The command-line config with `fixed` applied on top, except where the command line set a
         field to something other than its default: that value wins (a smoke run of a tuned space
         with `--epochs 2` trains 2 epochs). Only non-default values count as set, because
-        `mlflow run -e tune` passes every option, most of them at their defaults."""
+        `mlflow run -e tune` passes every option, most of them at their defaults. `log_overrides=False`
+        for a check ahead of the call that logs them (the CLI's, before TensorFlow loads)."""
         params = cfg.to_params()
         defaults = TrainConfig().to_params()
         for key, value in self.fixed.items():
             if params[key] != defaults[key]:
-                if params[key] != format_param(value):
+                if log_overrides and params[key] != format_param(value):
                     log.info("%s: fixed.%s = %s overridden by the command line's %s", self.source, key, format_param(value), params[key])
                 continue
             try:

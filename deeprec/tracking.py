@@ -26,7 +26,7 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure  # Figure, not pyplot: files only, never a window or a global backend
 from mlflow.data.dataset_source import DatasetSource
-from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.dataset_source_registry import get_registered_sources, resolve_dataset_source
 from mlflow.data.http_dataset_source import HTTPDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
@@ -89,8 +89,17 @@ def dataset_input(prepared: experiment.Prepared) -> RatingsDataset:
     """The ratings as an MLflow dataset: name, our digest (MD5 of the ratings file), and the
     GroupLens URL as source for registered datasets (the local file for csv: datasets)."""
     ratings, spec = prepared.dataset.ratings, prepared.dataset.spec
-    source = HTTPDatasetSource(spec.url) if spec.url else resolve_dataset_source(str(ratings.source))
+    source = HTTPDatasetSource(spec.url) if spec.url else _local_file_source(ratings.source)
     return RatingsDataset(source, name=spec.name, digest=prepared.dataset.digest[:16], n_ratings=len(ratings.values))
+
+
+def _local_file_source(path: Path) -> DatasetSource:
+    """MLflow's source for a local file. It registers one local source class for the "" and one
+    for the "file" scheme, both named LocalArtifactDatasetSource, and warns on every local path
+    that it "can be interpreted in multiple ways" before taking the last; asking for that one
+    directly gives the same source without the warning."""
+    local = [source for source in get_registered_sources() if source.__name__ == "LocalArtifactDatasetSource"]
+    return resolve_dataset_source(str(path), candidate_sources=local[-1:] or None)
 
 
 def curve_figures(history: list[dict]) -> dict[str, Figure]:

@@ -146,7 +146,7 @@ MIN_FAILURE_BUDGET = 5
 
 def default_study_name(cfg: TrainConfig, space: SearchSpace) -> str:
     """deeprec-<dataset>-<orientation>-<arch>, plus the space file's name when it is not the default."""
-    dataset = cfg.dataset if not cfg.dataset.startswith("csv:") else "csv-" + Path(cfg.dataset[4:]).stem
+    dataset = cfg.dataset if not cfg.dataset.startswith("csv:") else "csv-" + Path(datasets.parse_csv_name(cfg.dataset)[0]).stem
     orientation = "any" if "orientation" in space.params else cfg.orientation
     arch = "any" if "arch" in space.params else cfg.arch.replace(",", "-")
     name = f"deeprec-{dataset}-{orientation}-{arch}"

@@ -79,6 +79,9 @@ def test_malformed_line_is_one_line_on_stderr(tmp_path: Path) -> None:
         (["tune", "--folds", "101", "--n-trials", "1"], "folds: at most 100"),
         (["train", "--dataset", "csv:does/not/exist.csv"], "no such ratings file"),
         (["cv", "--dataset", "csv:does/not/exist.csv"], "no such ratings file"),
+        (["train", "--dataset", "csv:r.csv?dupes=keep-last"], "dataset: csv:r.csv?dupes=keep-last: unknown option 'dupes'"),
+        (["tune", "--dataset", "csv:r.csv?scale=5", "--n-trials", "1"], "dataset: csv:r.csv?scale=5: scale: expected MIN,MAX"),
+        (["data", "info", "--dataset", "csv:r.csv?sep=,", "--sep", ";"], "--sep repeats the sep= option of csv:r.csv?sep=,"),
         (["tune", "--n-workers", "0"], "n-workers: must be >= 1, got 0"),
         (["tune", "--n-trials", "-1"], "n-trials: must be >= 0, got -1"),
         (["tune", "--space", "does/not/exist.yaml"], "does/not/exist.yaml: no such search-space file"),
@@ -143,8 +146,10 @@ def test_bad_data_an_unknown_run_or_study_or_a_bad_space_is_named_before_tensorf
     optuna.create_study(study_name="other", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     (tmp_path / "space.yaml").write_text("params:\n  dropout: [0.1, 1.5]\n")
     (tmp_path / "bad.csv").write_text("1,1,5\n1,2,x\n")
+    (tmp_path / "twice.csv").write_text("1,1,5\n1,2,4\n1,1,3\n")
     cases = [
         (["train", "--dataset", "csv:bad.csv"], "bad.csv, line 2: rating 'x' is not a number"),
+        (["train", "--dataset", "csv:twice.csv"], "twice.csv, line 3: duplicate rating of item 1 by user 1 (first at line 1)"),
         (["cv", "--dataset", "csv:bad.csv"], "bad.csv, line 2: rating 'x' is not a number"),
         (["tune", "--space", "space.yaml"], "space.yaml: params.dropout: value 1.5 can never be used (dropout: must be a fraction in [0, 1), got 1.5)"),
         (["recommend", "--run-id", "0" * 32, "--user", "1"], f"no run '{'0' * 32}' in the tracking store {tracking_uri}"),

@@ -140,3 +140,13 @@ def test_a_yaml_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
     path.write_bytes("name: x\n".encode("utf-16"))
     with pytest.raises(DeeprecError, match=r"utf16.yaml: not a UTF-8 text file \(byte 0\); save the search-space file as UTF-8"):
         read_yaml_file(path, "search-space")
+
+
+def test_settings_the_config_never_reads_are_named() -> None:
+    assert TrainConfig().unused_settings() == []
+    assert TrainConfig(noise="mask", noise_level=0.2, optimizer="momentum", momentum=0.5, l2_decoder=0.1).unused_settings() == []
+    assert TrainConfig(noise_level=0.2, momentum=0.5, tied=True, l2_decoder=0.0).unused_settings() == [
+        "noise_level 0.2 has no effect with noise=none (choose gaussian, dropout or mask)",
+        "momentum 0.5 has no effect with optimizer=adam (it applies to optimizer=momentum)",
+        "l2_decoder has no effect with tied=true (the decoder is the encoder's kernel transposed)",
+    ]

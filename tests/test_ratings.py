@@ -211,13 +211,14 @@ def test_inferred_scale_accepts_wide_but_real_scales(tmp_path: Path, values: lis
 
 
 def test_duplicate_error_offers_only_options_that_exist(tmp_path: Path) -> None:
-    """`deeprec train` has no --duplicates option, so the message must not tell trainers to use it."""
+    """`deeprec train` has no --duplicates option (the csv dataset's query says it), so the message
+    must not tell trainers to use it."""
     path = write_lines(tmp_path / "ratings.dat", ["1::1::5::0", "1::1::4::0"])
     with pytest.raises(DataFormatError) as err:
         read_ratings(path, DAT, scale=(1, 5))
     assert err.value.reason == (
         "duplicate rating of item 1 by user 1 (first at line 1); training needs one rating per (user, item), "
-        "so remove the duplicates, or keep the last of each with duplicates='keep-last' in Python "
+        "so remove the duplicates, or keep the last of each: --dataset 'csv:PATH?duplicates=keep-last' "
         "(--duplicates keep-last in `deeprec data info/verify`)"
     )
 
@@ -235,6 +236,45 @@ def test_unmatched_quote_names_the_line(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "r.csv", ["1,3,4", '"5,3,4', "6,3,2"])
     with pytest.raises(DataFormatError, match=r"r\.csv, line 2: unmatched double quote: '\"5,3,4'"):
         read_ratings(path)
+
+
+def test_csv_options_follow_the_path_as_a_query() -> None:
+    spec = get_spec("csv:data/r.tsv?sep=tab&header=no&scale=0.5,10&duplicates=keep-last")
+    assert spec.local_path == Path("data/r.tsv") and spec.ratings_file == "r.tsv"
+    assert spec.ratings_format == RatingsFormat(sep="\t", header=False, encoding="utf-8")
+    assert spec.scale == (0.5, 10.0) and spec.duplicates == "keep-last"
+    assert spec.name == "csv:data/r.tsv?sep=tab&header=no&scale=0.5,10&duplicates=keep-last"  # the MLflow dataset name
+    assert get_spec("csv:r.csv?sep=%3B").ratings_format.sep == ";"  # percent-encoded
+    assert get_spec("csv:r.csv?sep=;").ratings_format.sep == ";"  # only & separates options
+    assert get_spec("csv:r.csv?sep=+").ratings_format.sep == "+"  # not a space, as in HTML forms
+    assert get_spec("csv:r.csv?header=auto").ratings_format.header is None
+    plain = get_spec("csv:r.csv")
+    assert (plain.ratings_format.sep, plain.ratings_format.header, plain.scale, plain.duplicates) == (None, None, None, "error")
+    assert get_spec("csv:r.csv", sep="|", scale=(1, 5), duplicates="keep-last").ratings_format.sep == "|"  # the data commands' flags
+    assert get_spec("ml-1m", duplicates="keep-last").duplicates == "keep-last" and DATASETS["ml-1m"].duplicates == "error"
+
+
+@pytest.mark.parametrize(
+    ("name", "flags", "message"),
+    [
+        ("csv:?sep=,", {}, "csv: needs a path"),
+        ("csv:r.csv?sepp=,", {}, "csv:r.csv?sepp=,: unknown option 'sepp'; choose from sep, header, scale, duplicates"),
+        ("csv:r.csv?sep", {}, "expected key=value after '?', got 'sep'"),
+        ("csv:r.csv?sep=", {}, "expected key=value after '?', got 'sep='"),
+        ("csv:r.csv?sep=,&sep=;", {}, "option 'sep' is given twice"),
+        ("csv:r.csv?header=maybe", {}, "header must be one of auto, yes, no, got 'maybe'"),
+        ("csv:r.csv?scale=5,1", {}, "scale: MIN must be below MAX, got '5,1'"),
+        ("csv:r.csv?scale=1", {}, "scale: expected MIN,MAX such as 1,5, got '1'"),
+        ("csv:r.csv?scale=1,inf", {}, "scale: MIN and MAX must be finite numbers"),
+        ("csv:r.csv?duplicates=first", {}, "duplicates must be one of error, keep-last, got 'first'"),
+        ("csv:r.csv?scale=1,5", {"scale": (1.0, 10.0)}, "--scale repeats the scale= option of csv:r.csv?scale=1,5; give it once"),
+        ("csv:r.csv", {"duplicates": "keep-first"}, "unknown duplicate policy 'keep-first'"),
+    ],
+)
+def test_bad_csv_options_are_one_line_errors(name: str, flags: dict, message: str) -> None:
+    with pytest.raises(DeeprecError) as err:
+        get_spec(name, **flags)
+    assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_empty_separator_is_refused_up_front(tmp_path: Path) -> None:

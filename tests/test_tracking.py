@@ -155,16 +155,51 @@ def unset_progress_bar_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
 
 
-def test_cli_train_json_last_line(workspace: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_train_json_last_line(workspace: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     from deeprec.cli import main
 
     unset_progress_bar_setting(monkeypatch)
-    assert main(["train", "--epochs", "1", "--arch", "4", "--orientation", "item", "--batch_size", "8", "--json"]) == 0
+    assert main(["train", "--epochs", "1", "--arch", "4", "--orientation", "item", "--batch_size", "8", "--noise_level", "0.2", "--json"]) == 0
     captured = capsys.readouterr()
     assert "Downloading artifacts" not in captured.err  # MLflow's progress bars are off
+    assert "noise_level 0.2 has no effect with noise=none" in caplog.text  # a forgotten --noise
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert len(summary["run_id"]) == 32 and summary["test_ratings"] > 0
     assert MlflowClient().get_run(summary["run_id"]).info.status == "FINISHED"
+
+
+def test_cli_train_reads_a_csv_dataset_as_its_query_says(workspace: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Separator, header, scale and duplicates travel in the one `dataset` value, so the run's
+    params say how its data was read."""
+    from deeprec.cli import main
+
+    unset_progress_bar_setting(monkeypatch)
+    rows = synthetic_ratings(n_users=30, n_items=20, per_user=(8, 12), seed=4)
+    lines = [f"{u};{i};{2 * r};{t}" for u, i, r, t in rows] + [f"{rows[0][0]};{rows[0][1]};9;0"]  # a 1..10 scale, one pair twice
+    (workspace / "r.txt").write_text("\n".join(lines) + "\n")
+    dataset = "csv:r.txt?sep=%3B&header=no&scale=1,10&duplicates=keep-last"
+    assert main(["train", "--dataset", dataset, "--epochs", "1", "--arch", "4", "--orientation", "user", "--batch_size", "8", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    run = MlflowClient().get_run(summary["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["dataset"] == dataset
+    (logged,) = run.inputs.dataset_inputs
+    assert logged.dataset.name == dataset
+    assert json.loads(logged.dataset.profile)["num_rows"] == len(rows)  # the repeated pair kept once
+
+
+def test_a_local_ratings_file_gets_the_source_mlflow_picks_without_its_warning(tmp_path: Path) -> None:
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    path = tmp_path / "r.csv"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "can be interpreted in multiple ways" would fail here
+        ours = tracking._local_file_source(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MLflow 3.x warns here; a later one may not
+        mlflows = resolve_dataset_source(str(path))
+    assert type(ours) is type(mlflows) and ours.to_dict() == mlflows.to_dict() == {"uri": str(path)}
 
 
 def test_cli_recommend_prints_titles(workspace: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:

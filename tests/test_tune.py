@@ -101,7 +101,11 @@ def test_command_line_values_other_than_defaults_win_over_fixed_fields(caplog: p
     with caplog.at_level(logging.INFO, logger="deeprec.search_space"):
         smoke = space.base_config(TrainConfig(epochs=2, noise="dropout").validate())
     assert (smoke.epochs, smoke.noise, smoke.patience) == (2, "dropout", 20)
-    assert "fixed.epochs = 600 overridden by the command line's 2" in caplog.text
+    assert caplog.text.count("fixed.epochs = 600 overridden by the command line's 2") == 1
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="deeprec.search_space"):  # the CLI's check ahead of run_study's call
+        assert space.base_config(TrainConfig(epochs=2, noise="dropout").validate(), log_overrides=False) == smoke
+    assert caplog.text == ""
 
 
 def test_space_file_adds_drops_and_fixes(tmp_path: Path) -> None:
