@@ -233,6 +233,10 @@ def check_local_file(spec: DatasetSpec) -> None:
     """A `csv:PATH` dataset whose file is missing fails here; the training commands call it before
     they import TensorFlow (8 seconds). Registered datasets are found, or downloaded, when they load."""
     if spec.local_path is not None and not spec.local_path.is_file():
+        if not spec.local_path.is_absolute() and os.environ.get("MLFLOW_RUN_ID"):
+            # `mlflow run` starts the entry point in the project's folder, not where it was typed
+            raise DeeprecError(f"{spec.local_path}: no such ratings file in {Path.cwd()}, the folder `mlflow run` runs the project in; "
+                               "give csv: an absolute path")
         raise DeeprecError(f"{spec.local_path}: no such ratings file")
 
 

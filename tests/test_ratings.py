@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import write_lines, write_ratings_csv
-from deeprec.datasets import DATASETS, get_spec
+from deeprec.datasets import DATASETS, check_local_file, get_spec
 from deeprec.errors import DataFormatError, DeeprecError
 from deeprec.ratings import RatingsFormat, read_ratings
 
@@ -252,6 +252,19 @@ def test_csv_options_follow_the_path_as_a_query() -> None:
     assert (plain.ratings_format.sep, plain.ratings_format.header, plain.scale, plain.duplicates) == (None, None, None, "error")
     assert get_spec("csv:r.csv", sep="|", scale=(1, 5), duplicates="keep-last").ratings_format.sep == "|"  # the data commands' flags
     assert get_spec("ml-1m", duplicates="keep-last").duplicates == "keep-last" and DATASETS["ml-1m"].duplicates == "error"
+
+
+def test_a_missing_relative_csv_under_mlflow_run_names_the_folder_it_was_looked_for_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    with pytest.raises(DeeprecError, match=r"^r\.csv: no such ratings file$"):
+        check_local_file(get_spec("csv:r.csv"))
+    monkeypatch.setenv("MLFLOW_RUN_ID", "0" * 32)  # as `mlflow run` sets it for its entry point
+    with pytest.raises(DeeprecError) as err:
+        check_local_file(get_spec("csv:r.csv?sep=,"))
+    assert str(err.value) == f"r.csv: no such ratings file in {tmp_path}, the folder `mlflow run` runs the project in; give csv: an absolute path"
+    with pytest.raises(DeeprecError, match=r"no such ratings file$"):
+        check_local_file(get_spec(f"csv:{tmp_path / 'r.csv'}"))  # an absolute path is not the folder's fault
 
 
 @pytest.mark.parametrize(
