@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from deeprec import __version__, datasets, interrupts, tracking_store
 from deeprec.config import DEFAULT_FOLDS, FIELD_DOCS, MAX_FOLDS, MAX_SEED, TrainConfig, check_cv, parse_bool
@@ -84,8 +85,18 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, with its errors in one line: by default it prints the whole usage block (20 lines
+    for `deeprec tune`) before the error. `--help` still shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        line = f"{self.prog}: error: {message}"
+        tracking_store.tag_project_run_failure(line)
+        self.exit(EXIT_USAGE, line + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deeprec", description="Autoencoder collaborative filtering experiments, tracked in MLflow.")
+    parser = OneLineErrorParser(prog="deeprec", description="Autoencoder collaborative filtering experiments, tracked in MLflow.")
     parser.add_argument("--version", action="version", version=f"deeprec {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -138,9 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"seconds between a running trial's heartbeats (default {study.heartbeat_interval})")
     tune.add_argument("--grace-period", type=_whole_number, default=study.grace_period, metavar="S",
                       help=f"a running trial without heartbeat for this long is failed (default {study.grace_period})")
-    tune.add_argument("--refit", nargs="?", const=True, default=study.refit, type=_boolean, metavar="true|false",
-                      help=f"retrain the best config on all non-test ratings and evaluate on test once (default {str(study.refit).lower()})")
-    tune.add_argument("--no-refit", dest="refit", action="store_false", help="skip the refit")
+    # `--no-refit --refit true` would otherwise be whichever came last. The default is None (read as
+    # TuneOptions' default) because argparse counts an option as given only when it differs from its default.
+    refit = tune.add_mutually_exclusive_group()
+    refit.add_argument("--refit", nargs="?", const=True, default=None, type=_boolean, metavar="true|false",
+                       help=f"retrain the best config on all non-test ratings and evaluate on test once (default {str(study.refit).lower()})")
+    refit.add_argument("--no-refit", dest="refit", action="store_false", default=None, help="skip the refit")
     tune.add_argument("--json", action="store_true", help="print one JSON summary object last")
     tune.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # internal: a worker process, spec as JSON on stdin
 
@@ -344,12 +358,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     experiment = sweep.load_experiment(args.experiment, check_data=False)  # the runs are read, never the data
     tracking_store.require_existing_store()  # a query would create an empty store in the wrong folder
+    tracking_store.check_store_usable()  # the table is logged to the sweep's parent run
     rows, table = report.report(experiment)
     if not any(row.runs for row in rows):  # most likely the wrong folder or tracking store
         import mlflow
 
         raise DeeprecError(
-            f"no finished runs of experiment {experiment.name!r} in the tracking store {mlflow.get_tracking_uri()}; "
+            f"no finished runs of experiment {experiment.name!r} in the tracking store {tracking_store.shown_uri(mlflow.get_tracking_uri())}; "
             f"run `deeprec sweep {args.experiment}` first, from the same folder or with the same MLFLOW_TRACKING_URI"
         )
     print(table)
@@ -370,7 +385,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     check_cv(cfg, args.folds)
     options = TuneOptions(
         folds=args.folds, n_trials=args.n_trials, n_workers=args.n_workers, study_name=args.study_name or None, storage=args.storage or None,
-        pruner=PrunerSettings(args.pruner, args.pruner_startup_trials, args.pruner_warmup_steps, args.prune_every), refit=args.refit,
+        pruner=PrunerSettings(args.pruner, args.pruner_startup_trials, args.pruner_warmup_steps, args.prune_every), refit=TuneOptions.refit if args.refit is None else args.refit,
         heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
     ).validate()
     from deeprec.search_space import load_space
@@ -380,9 +395,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     space.check(base)  # a searched value no trial could use
     check_cv(base, args.folds)
     tracking_store.check_store_usable()
-    from deeprec import tune  # heavy: imported only once the config, options, space and store are good
+    dataset = datasets.load(datasets.get_spec(base.dataset))  # a bad ratings file is one line, before TensorFlow's start-up lines
+    from deeprec import study_storage
 
-    result = tune.run_study(cfg, space, options)
+    # An unusable --storage (unknown scheme, missing driver, unwritable journal) is one line too.
+    study_storage.open_storage(options.storage or study_storage.default_storage(), heartbeat_interval=None, grace_period=None)
+    from deeprec import tune  # heavy: imported only once the config, options, space, store, data and storage are good
+
+    result = tune.run_study(cfg, space, options, dataset=dataset)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
@@ -423,16 +443,22 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise DeeprecError(f"-n must be at least 1, got {args.n}")
     tracking_store.require_existing_store()  # a query would create an empty store in the wrong folder
+    tracking_store.check_store_usable(writes=False)  # a server that is down: one line, not minutes of retries
     model_uri = tracking_store.recommender_uri(args.run_id)  # a run without one is named before TensorFlow loads
+    import tempfile
+
     import mlflow  # heavy: only for this command
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
-    try:
-        recommender = mlflow.pyfunc.load_model(model_uri)
-        top = recommender.predict(pd.DataFrame({"user": [args.user], "n": [args.n]}))
-    except MlflowException as exc:
-        raise DeeprecError(str(exc.message).splitlines()[0]) from None
+    # The model's files go to a folder removed afterwards; MLflow's own default is a new temporary
+    # folder per call that nobody removes.
+    with tempfile.TemporaryDirectory(prefix="deeprec-recommend-") as folder:
+        try:
+            recommender = mlflow.pyfunc.load_model(model_uri, dst_path=folder)
+            top = recommender.predict(pd.DataFrame({"user": [args.user], "n": [args.n]}))
+        except MlflowException as exc:
+            raise DeeprecError(str(exc.message).splitlines()[0]) from None
     if args.json:
         print(top.to_json(orient="records"))
         return 0
@@ -468,6 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return command(args)
     except DeeprecError as exc:
         print(f"deeprec: error: {exc}", file=sys.stderr)
+        tracking_store.tag_project_run_failure(str(exc))
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("deeprec: interrupted (the MLflow run, if any, is marked KILLED)", file=sys.stderr)

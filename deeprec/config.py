@@ -29,6 +29,7 @@ PRECISIONS = ("float32", "bfloat16")
 MAX_REFEED = 10  # each re-feeding step is unrolled into the compiled training step
 MAX_SEED = 2**32 - 1  # NumPy's and TensorFlow's seeds are 32-bit
 MAX_LAYER_SIZE = 100_000  # 100,000 units x 26,744 ML-20M items is already 10.7 GB of float32 weights
+MAX_HIDDEN_WEIGHTS = 2_500_000_000  # between hidden layers: 10 GB of float32, before Adam's two moments
 
 
 class ConfigError(DeeprecError):
@@ -106,8 +107,11 @@ class TrainConfig:
         _positive("l2", self.l2, allow_zero=True)
         if self.l2_decoder is not None:
             _positive("l2_decoder", self.l2_decoder, allow_zero=True)
-        if self.tied and sizes != sizes[::-1]:
-            raise ConfigError(f"tied: a tied (constrained) decoder mirrors the encoder, so arch must read the same both ways, got {self.arch}")
+        if self.tied and (sizes != sizes[::-1] or len(sizes) % 2 == 0):
+            # The decoder mirrors the encoder around one code layer: 64,64 reads the same both ways
+            # but has no middle layer, and would tie the output to a 64 x 64 kernel.
+            raise ConfigError(f"tied: a tied (constrained) decoder mirrors the encoder around the code layer, so arch must be an odd "
+                              f"number of layers reading the same both ways (500, or 256,512,256), got {self.arch}")
         if self.tied and self.side_info != "none":
             raise ConfigError("tied: side information widens the input, so the decoder cannot be the encoder transposed; use tied=false")
         _integer("refeed", self.refeed, minimum=0, maximum=MAX_REFEED)
@@ -191,8 +195,8 @@ FIELD_DOCS: dict[str, str] = {
     "noise_level": "float — strength of `noise` (std for gaussian, a fraction in [0, 1) otherwise)",
     "dropout": "float — dropout rate after the code (middle) layer, in [0, 1)",
     "l2": "float — L2 weight penalty (λ·Σw²) on encoder layers",
-    "l2_decoder": "float or `same` — L2 penalty on decoder layers; `same` (the default) means the value of l2",
-    "tied": "bool — constrained decoder: decoder weights are the encoder weights transposed (NVIDIA); arch must be a palindrome",
+    "l2_decoder": "float or `same` — L2 penalty on decoder layers; `same` (the default) means the value of l2; unused with tied (the decoder's kernels are the encoder's)",
+    "tied": "bool — constrained decoder: decoder weights are the encoder weights transposed (NVIDIA); arch must be a palindrome of odd length",
     "refeed": f"int — dense re-feeding steps per batch (NVIDIA), 0 to {MAX_REFEED}: the dense output is fed back as input and target",
     "side_info": "str — none | user | item: one-hot side features concatenated to each input row (must match orientation)",
     "optimizer": "str — adam | sgd | momentum (SGD with `momentum`) | rmsprop",
@@ -218,6 +222,10 @@ def parse_arch(text: str) -> tuple[int, ...]:
         raise ConfigError(f"arch: every hidden size must be a positive integer, got {text!r}")
     if max(sizes) > MAX_LAYER_SIZE:
         raise ConfigError(f"arch: a hidden layer may have at most {MAX_LAYER_SIZE} units, got {text!r}")
+    hidden_weights = sum(a * b for a, b in zip(sizes, sizes[1:]))
+    if hidden_weights > MAX_HIDDEN_WEIGHTS:
+        raise ConfigError(f"arch: {hidden_weights:,} weights between the hidden layers ({4 * hidden_weights / 1e9:.0f} GB of float32); "
+                          f"at most {MAX_HIDDEN_WEIGHTS:,}, got {text!r}")
     return sizes
 
 

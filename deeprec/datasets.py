@@ -232,6 +232,8 @@ def local_ratings_digest(spec: DatasetSpec, root: Path | None = None) -> str | N
 def check_local_file(spec: DatasetSpec) -> None:
     """A `csv:PATH` dataset whose file is missing fails here; the training commands call it before
     they import TensorFlow (8 seconds). Registered datasets are found, or downloaded, when they load."""
+    if spec.local_path is not None and spec.local_path.is_dir():
+        raise DeeprecError(f"{spec.local_path} is a folder; csv: needs the ratings file itself")
     if spec.local_path is not None and not spec.local_path.is_file():
         if not spec.local_path.is_absolute() and os.environ.get("MLFLOW_RUN_ID"):
             # `mlflow run` starts the entry point in the project's folder, not where it was typed

@@ -8,12 +8,13 @@ Blank lines are kept as rows (`skip_blank_lines=False`) so that row r is always 
 
 from __future__ import annotations
 
+import codecs
 import csv
 import itertools
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -113,6 +114,9 @@ def read_ratings(
     if fmt.sep == "":
         raise DeeprecError("the field separator is empty; give one such as ',' or None to detect it")
 
+    with path.open("rb") as handle:
+        if handle.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8:  # a file saved "as UTF-8" by Windows tools
+            fmt = replace(fmt, encoding="utf-8-sig")  # latin-1 would read the mark into the first user id
     first_line = _first_line(path, fmt.encoding)
     sep = fmt.sep if fmt.sep is not None else sniff_separator(path, first_line)
     header = fmt.header if fmt.header is not None else _looks_like_header(first_line, sep)
@@ -131,6 +135,9 @@ def read_ratings(
     frame = _deduplicated(frame, layout, duplicates)
     values = frame["rating"].to_numpy(dtype=np.float32)
     resolved_scale = scale if scale is not None else (float(values.min()), float(values.max()))
+    if resolved_scale[0] == resolved_scale[1]:  # every prediction would clip to that one value
+        raise DataFormatError(path, None, f"every rating is {resolved_scale[0]:g}, so no rating scale can be inferred; "
+                                          "give it (csv:PATH?scale=MIN,MAX, or --scale MIN,MAX in `deeprec data`)")
     if scale is None:
         log.info("%s: rating scale not given, inferred %s from the data", path, resolved_scale)
     return Ratings(

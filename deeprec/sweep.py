@@ -55,7 +55,7 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from deeprec import datasets, interrupts
+from deeprec import __version__, datasets, interrupts
 from deeprec.config import ConfigError, TrainConfig, check_cv, check_param_names, format_param, parse_bool, read_yaml_file
 from deeprec.errors import DeeprecError
 
@@ -285,10 +285,16 @@ def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: i
         except ConfigError as exc:
             raise DeeprecError(f"{experiment.path}: row {row.name!r} with --seeds {seeds}: {exc}") from None
     smoke = epochs is not None
-    # Each dataset downloaded here, once, before the parent run: parallel workers would each
-    # fetch the same archive into the same cache folder.
+    # Each dataset downloaded and validated here, once, before the parent run: parallel workers
+    # would each fetch the same archive into the same cache folder, and a malformed ratings file
+    # would otherwise fail every row, leaving an empty parent run. A sequential sweep keeps the
+    # last one read for its first rows (one dataset held at a time).
+    loaded: dict[str, datasets.Dataset] = {}
     for name in dict.fromkeys(experiment.config(row, 0, epochs).dataset for row in experiment.rows):
-        datasets.ensure_dataset(datasets.get_spec(name))
+        loaded.clear()
+        loaded[name] = datasets.load(datasets.get_spec(name))
+    if max_parallel > 1:
+        loaded.clear()  # the workers read their own
     parent_id = _parent_run(experiment)
     done = finished_runs(experiment, smoke)
     jobs = [
@@ -308,7 +314,6 @@ def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: i
             log.info("sweep %s: %d of %d done: %s", experiment.name, done, len(jobs), line)
 
     if max_parallel == 1:
-        loaded: dict[str, datasets.Dataset] = {}
         for done, job in enumerate(jobs, 1):
             try:
                 progress(done, _run_job(job, loaded))
@@ -341,8 +346,15 @@ def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: i
             _interrupt(pool, stop)
             raise
         pool.shutdown()
-    with mlflow.start_run(run_id=parent_id):
-        mlflow.set_tag("deeprec.last_completed", str(len(jobs) - len(failed)))
+    mlflow.start_run(run_id=parent_id)
+    mlflow.set_tag("deeprec.last_completed", str(len(jobs) - len(failed)))
+    if jobs and len(failed) == len(jobs):  # this invocation measured nothing
+        mlflow.set_tag("failure", f"all {len(jobs)} run(s) of this invocation failed; see their own failure tags")
+        mlflow.end_run("FAILED")
+    else:
+        if "failure" in mlflow.get_run(parent_id).data.tags:  # an earlier invocation's
+            mlflow.MlflowClient().delete_tag(parent_id, "failure")
+        mlflow.end_run("FINISHED")
     return {"sweep": experiment.name, "parent_run_id": parent_id, "ran": len(jobs) - len(failed), "reused": reused,
             "failed": len(failed), "skipped": len(experiment.rows) * seeds - len(jobs) - reused, "smoke": smoke}
 
@@ -434,7 +446,7 @@ def trained_row_config(run: Run, experiment: Experiment, row: Row) -> bool:
 
 def _reuse_trained(experiment: Experiment, jobs: list[Job], parent_id: str) -> list[Job]:
     """Copy every job's run that a full run of any sweep already trained (same config and seed,
-    same ratings file); return the jobs still to train."""
+    same ratings file, same deeprec version); return the jobs still to train."""
     import mlflow
 
     runs = mlflow.search_runs(
@@ -454,7 +466,8 @@ def _reuse_trained(experiment: Experiment, jobs: list[Job], parent_id: str) -> l
         if cfg.dataset not in digests:
             digests[cfg.dataset] = datasets.local_ratings_digest(datasets.get_spec(cfg.dataset))
         source = next(
-            (run for config, run in trained if config == cfg and digests[cfg.dataset] and run.data.tags.get("dataset_digest") == digests[cfg.dataset]),
+            (run for config, run in trained if config == cfg and digests[cfg.dataset] and run.data.tags.get("dataset_digest") == digests[cfg.dataset]
+             and run.data.tags.get("deeprec_version") == __version__),  # another release may evaluate or train differently
             None,
         )
         if source is None:
@@ -467,9 +480,10 @@ def _reuse_trained(experiment: Experiment, jobs: list[Job], parent_id: str) -> l
 
 
 def _copy_run(source: Run, experiment: Experiment, job: Job, parent_id: str) -> str:
-    """A FINISHED run of this sweep with the source run's params, metric histories, artifacts and
-    wall times. Its logged models (the recommender) stay with the source run, which the run's note
-    and its `deeprec.reused_from` tag name; the artifacts copied include the Keras model's files."""
+    """A FINISHED run of this sweep with the source run's params, metric histories, dataset input,
+    artifacts, wall times and source tags (the code that measured it: `mlflow.source.*`). Its
+    logged models (the recommender) stay with the source run, which the run's note and its
+    `deeprec.reused_from` tag name; the artifacts copied include the Keras model's files."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.entities import Param
@@ -477,7 +491,7 @@ def _copy_run(source: Run, experiment: Experiment, job: Job, parent_id: str) -> 
     client = MlflowClient()
     source_id = source.info.run_id
     name = f"{job.row} · seed {source.data.params.get('seed', job.seed_index)}"
-    tags = {k: v for k, v in source.data.tags.items() if not k.startswith("mlflow.")}
+    tags = {k: v for k, v in source.data.tags.items() if not k.startswith("mlflow.") or k.startswith("mlflow.source.") or k == "mlflow.user"}
     tags.update({
         TAG_SWEEP: experiment.name, TAG_ROW: job.row, TAG_SEED: str(job.seed_index), TAG_SMOKE: "false", TAG_KIND: "sweep-run",
         TAG_REUSED: source_id, "mlflow.parentRunId": parent_id,
@@ -491,6 +505,8 @@ def _copy_run(source: Run, experiment: Experiment, job: Job, parent_id: str) -> 
         metrics = [point for key in source.data.metrics for point in client.get_metric_history(source_id, key)]
         for start in range(0, max(len(params), len(metrics)), 100):  # MLflow's log_batch takes at most 100 params
             client.log_batch(run_id, metrics=metrics[start : start + 100], params=params[start : start + 100])
+        if source.inputs is not None and source.inputs.dataset_inputs:
+            client.log_inputs(run_id, datasets=source.inputs.dataset_inputs)
         with tempfile.TemporaryDirectory() as tmp:
             if client.list_artifacts(source_id):
                 client.log_artifacts(run_id, mlflow.artifacts.download_artifacts(run_id=source_id, dst_path=tmp))

@@ -34,7 +34,7 @@ from mlflow.models import infer_signature
 from mlflow.types import ColSpec, Schema
 
 from deeprec import __version__, cv, datasets, experiment, interrupts, serve
-from deeprec.config import TrainConfig
+from deeprec.config import TrainConfig, format_param
 from deeprec.models import untie
 from deeprec.train import TrainingDiverged, model_inputs
 
@@ -186,6 +186,8 @@ def _log_models(model, prepared: experiment.Prepared, cfg: TrainConfig) -> None:
 def run_tags(cfg: TrainConfig, dataset: datasets.Dataset, extra: dict[str, str] | None = None) -> dict[str, str]:
     return {
         "dataset": cfg.dataset, "dataset_digest": dataset.digest, "split": cfg.split, "seed": str(cfg.seed),
+        # the range predictions are clipped to: a csv: file's is inferred from its ratings unless given
+        "rating_scale": "{:g},{:g}".format(*dataset.ratings.scale),
         "deeprec_version": __version__, **(extra or {}),
     }
 
@@ -229,7 +231,7 @@ def track_cv(
     results: list[cv.FoldResult] = []
     with mlflow.start_run(run_name=run_name or f"cv {folds} folds", parent_run_id=parent_run_id) as parent, killed_on_interrupt():
         log_config(cfg)
-        log_new_params({"folds": folds, "ensemble": ensemble})
+        log_new_params({"folds": folds, "refit": format_param(refit), "ensemble": format_param(ensemble)})
         mlflow.set_tags(run_tags(cfg, dataset, {"deeprec.kind": "cv", **(tags or {})}))
         for fold, split in enumerate(splits):
             with mlflow.start_run(run_name=f"fold {fold + 1}/{folds}", nested=True), killed_on_interrupt():

@@ -11,6 +11,7 @@ Imports MLflow only (no TensorFlow), so the checks cost about a second.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,14 @@ def tracking_uri() -> str:
     import mlflow
 
     return mlflow.get_tracking_uri()
+
+
+def shown_uri(uri: str) -> str:
+    """The URI with any password hidden (`postgresql://user:***@host/db`): it goes into messages."""
+    parsed = urlparse(uri)
+    if not parsed.password:
+        return uri
+    return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)).geturl()
 
 
 def local_store_path(uri: str) -> Path | None:
@@ -58,7 +67,7 @@ def require_existing_store() -> str:
 
 
 @contextmanager
-def _probe_http_settings() -> Iterator[None]:
+def probe_http_settings() -> Iterator[None]:
     saved = {name: os.environ.get(name) for name in PROBE_HTTP_SETTINGS}
     for name, value in PROBE_HTTP_SETTINGS.items():
         os.environ.setdefault(name, value)
@@ -72,19 +81,104 @@ def _probe_http_settings() -> Iterator[None]:
                 os.environ[name] = value
 
 
-def check_store_usable() -> str:
-    """The tracking URI, once one query has shown the store answers; a one-line error otherwise."""
+def tag_project_run_failure(message: str) -> None:
+    """Under `mlflow run`, MLflow Projects creates the run before deeprec starts; a command that then
+    stops on bad input leaves it FAILED with no reason shown in `mlflow ui`. Give it the `failure`
+    tag a run that deeprec ends FAILED has (unless it has one already). Best effort: the store
+    may be what failed."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    try:
+        from mlflow import MlflowClient
+
+        with probe_http_settings():
+            client = MlflowClient()
+            if "failure" not in client.get_run(run_id).data.tags:
+                client.set_tag(run_id, "failure", message)
+    except Exception as exc:  # the error being reported matters more than this tag
+        logging.getLogger(__name__).debug("could not tag run %s with its failure: %s", run_id, exc)
+
+
+def check_store_usable(writes: bool = True) -> str:
+    """The tracking URI, once the store has answered a query and the experiment that runs will go to
+    (MLFLOW_EXPERIMENT_ID / MLFLOW_EXPERIMENT_NAME, else the default) can take them; a one-line
+    error otherwise: an unreachable server, a file that is not a database, a missing database
+    driver, a deleted experiment, an artifact folder that cannot be written (which would only
+    fail once training had finished; checked when `writes`)."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     uri = tracking_uri()
+    path = local_store_path(uri)
+    if urlparse(uri).scheme == "sqlite" and path is not None and path.exists() and not path.is_file():
+        # MLflow would retry opening it for about two minutes before its traceback
+        raise DeeprecError(f"the MLflow tracking store {shown_uri(uri)} cannot be used: {path} is not a file")
     try:
-        with _probe_http_settings():
+        with probe_http_settings():
             mlflow.search_experiments(max_results=1)
-    except MlflowException as exc:
-        message = " ".join(str(exc.message).split())  # one line: MLflow's messages span several
-        raise DeeprecError(f"the MLflow tracking store {uri} cannot be used: {message}") from None
+            experiment = _target_experiment()
+    except DeeprecError:
+        raise
+    except Exception as exc:  # MlflowException, SQLAlchemy's errors, ModuleNotFoundError for a driver
+        raise DeeprecError(f"the MLflow tracking store {shown_uri(uri)} cannot be used: {_one_line(exc)}") from None
+    if writes and experiment is not None:
+        _check_artifact_location(experiment.name, experiment.artifact_location)
     return uri
+
+
+def _one_line(exc: Exception) -> str:
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        return " ".join(str(exc.message).split())  # MLflow's messages span several lines
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _target_experiment():
+    """The experiment new runs go to, if it exists yet (a new name is created by the first run)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import LifecycleStage
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    experiment_id, name = os.environ.get("MLFLOW_EXPERIMENT_ID"), os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    if experiment_id:
+        try:
+            experiment = client.get_experiment(experiment_id)
+        except MlflowException:
+            raise DeeprecError(f"MLFLOW_EXPERIMENT_ID={experiment_id}: no such experiment in the tracking store {shown_uri(tracking_uri())}") from None
+    elif name:
+        experiment = client.get_experiment_by_name(name)
+    else:
+        try:
+            experiment = client.get_experiment("0")  # MLflow's Default experiment
+        except MlflowException:
+            return None
+    if experiment is not None and experiment.lifecycle_stage == LifecycleStage.DELETED:
+        raise DeeprecError(
+            f"experiment {experiment.name!r} (id {experiment.experiment_id}) is deleted in {shown_uri(tracking_uri())}; restore it with "
+            f"`mlflow experiments restore --experiment-id {experiment.experiment_id}` or choose another experiment"
+        )
+    return experiment
+
+
+def _check_artifact_location(experiment_name: str, location: str) -> None:
+    """A local artifact folder must be a folder, or creatable in a writable one. Nothing is created."""
+    parsed = urlparse(location)
+    if parsed.scheme not in ("", "file") and not (len(parsed.scheme) == 1 and os.name == "nt"):
+        return  # s3://, mlflow-artifacts:/ and the like: the server's business
+    path = Path(unquote(parsed.path) if parsed.scheme == "file" else location)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    problem = None
+    if existing is None:
+        return
+    if not existing.is_dir():
+        problem = f"{existing} is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable"
+    if problem:
+        raise DeeprecError(f"experiment {experiment_name!r} keeps its artifacts in {location}, where none can be written: {problem}")
 
 
 def recommender_uri(run_id: str) -> str:
@@ -98,7 +192,7 @@ def recommender_uri(run_id: str) -> str:
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        raise DeeprecError(f"no run {run_id!r} in the tracking store {mlflow.get_tracking_uri()}") from None
+        raise DeeprecError(f"no run {run_id!r} in the tracking store {shown_uri(mlflow.get_tracking_uri())}") from None
     models = client.search_logged_models(
         [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = 'recommender'"
     )

@@ -43,11 +43,15 @@ trials do not count towards --n-trials; once this invocation has as many failed 
 --n-trials asked for (at least 5), its workers stop instead of sampling forever.
 
 MLflow. One parent run per study (tags `optuna_study=<name>`, `deeprec.kind=tune`), found again by
-those tags in the current experiment when the study is resumed; params = the base config, `folds`,
-`optuna_storage` (password hidden) and `search_space`, logged once. One nested run per trial
-(tag `mlflow.parentRunId` = the parent, also from worker processes) with the trial's full config,
-`trial_number`, per-epoch validation curves (step = the pruning step), per-fold metrics
-(step = fold, from 1), the CV metrics, and tags `worker_pid` / `worker_host`. At the end of every
+those tags in the current experiment when the study is resumed; params = the base config
+(`searched` for the fields the trials sample), `folds`, `optuna_storage` (password hidden) and
+`search_space`, logged once. Under `mlflow run`, whose -P values are logged before deeprec starts
+and cannot change, the tag `params_overridden` holds the values the study uses where they differ
+(the space's fixed fields, `searched`). Tags `pruner` and `n_workers` are this invocation's. One
+nested run per trial (tag `mlflow.parentRunId` = the parent, also from worker processes) with the
+trial's full config, `trial_number`, per-epoch validation curves (step = the pruning step), per-fold
+metrics (step = fold, from 1), the CV metrics, and tags `worker_pid` / `worker_host` and `pruner`
+(the rule it ran under). At the end of every
 invocation the parent gets metrics `best_value`, `trials_complete`, `trials_pruned`,
 `trials_failed`, `wall_seconds` (this invocation), `wall_seconds_total` and `trial_seconds_total`
 (all with step = finished trials so far, so resuming extends their history instead of colliding),
@@ -124,7 +128,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
 from deeprec import __version__, cv, datasets, interrupts, tracking
-from deeprec.config import ConfigError, TrainConfig, check_cv, format_param
+from deeprec.config import ConfigError, TrainConfig, check_cv, format_param, parse_bool
 from deeprec.errors import DeeprecError
 from deeprec.search_space import SearchSpace, load_space, trial_config
 from deeprec.splits import Split
@@ -139,6 +143,9 @@ STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", Tri
 TAG_STUDY, TAG_KIND, TAG_STATE = "optuna_study", "deeprec.kind", "trial_state"
 TAG_REFIT_TRIAL = "refit_trial_number"  # parent-run tag: whose refit the refit_* metrics are
 TAG_STALE_REFIT = "refit_stale"  # parent-run tag while the best trial has changed since the refit
+TAG_PRUNER = "pruner"  # trial runs: the rule they ran under; the parent: this invocation's
+TAG_OVERRIDDEN = "params_overridden"  # parent-run tag: params `mlflow run` logged that the study does not use
+SEARCHED = "searched"  # the parent's param for a field the trials sample
 MIN_FAILURE_BUDGET = 5
 
 # --------------------------------------------------------------------------- study
@@ -236,7 +243,8 @@ class _Objective:
                 run = mlflow.start_run(
                     run_name=f"trial {trial.number}", experiment_id=self.spec.experiment_id, nested=True, parent_run_id=self.spec.parent_run_id,
                     tags={TAG_STUDY: self.spec.study_name, TAG_KIND: "tune-trial", "trial_number": str(trial.number),
-                          "worker_pid": str(os.getpid()), "worker_host": socket.gethostname()},
+                          "worker_pid": str(os.getpid()), "worker_host": socket.gethostname(),
+                          TAG_PRUNER: PrunerSettings(**self.spec.pruner).label()},
                 )
                 self.current_run_id = run.info.run_id
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
@@ -404,9 +412,11 @@ class TuneResult:
         return dataclasses.asdict(self)
 
 
-def run_study(cfg: TrainConfig, space: SearchSpace | None = None, options: TuneOptions | None = None) -> TuneResult:
+def run_study(cfg: TrainConfig, space: SearchSpace | None = None, options: TuneOptions | None = None,
+              dataset: datasets.Dataset | None = None) -> TuneResult:
     """Create or resume the study, run `options.n_trials` more trials in `options.n_workers`
-    workers, log the study on its parent run, then refit the best config (see the module docstring)."""
+    workers, log the study on its parent run, then refit the best config (see the module docstring).
+    `dataset`: the base config's ratings, if the caller has read them already."""
     started = time.perf_counter()
     space = space or load_space()
     options = (options or TuneOptions()).validate()
@@ -416,7 +426,7 @@ def run_study(cfg: TrainConfig, space: SearchSpace | None = None, options: TuneO
     study_name = options.study_name or default_study_name(base, space)
     storage_url = options.storage or default_storage()
     shown = display_storage(storage_url)
-    dataset = datasets.load(datasets.get_spec(base.dataset))
+    dataset = dataset or datasets.load(datasets.get_spec(base.dataset))
     cv.fold_splits(base, dataset, options.folds)  # too few ratings for the folds: fail before any study exists
 
     storage = open_storage(storage_url, options.heartbeat_interval, options.grace_period)
@@ -434,6 +444,8 @@ def run_study(cfg: TrainConfig, space: SearchSpace | None = None, options: TuneO
     log.info("study %s in %s: %d finished trials, running %d more with %d worker(s)", study_name, shown, existing, options.n_trials, options.n_workers)
 
     parent_id = _parent_run(study_name, base, options, space, shown)
+    # Per invocation (a resumed study may use others): tags, which the next invocation overwrites.
+    MlflowClient().log_batch(parent_id, tags=[RunTag(TAG_PRUNER, options.pruner.label()), RunTag("n_workers", str(options.n_workers))])
     experiment_id = MlflowClient().get_run(parent_id).info.experiment_id
     n_workers = max(1, min(options.n_workers, options.n_trials))
     from deeprec.train import usable_cores
@@ -503,6 +515,26 @@ def _check_setup(study: optuna.Study, setup: dict[str, Any]) -> None:
         raise DeeprecError(f"search space: the study was created with {json.dumps(stored.get('space'))}, this command has {json.dumps(setup['space'])}; {hint}")
 
 
+def parent_params(base: TrainConfig, space: SearchSpace) -> dict[str, str]:
+    """The study's config as its parent run's params: the base config (command line + the space's
+    fixed fields), with `searched` for the fields each trial samples (no trial used their base value)."""
+    return {**base.to_params(), **{name: SEARCHED for name in space.params}}
+
+
+def _same_param(logged: str, ours: str) -> bool:
+    """`mlflow run` logs -P values as typed: 1e-3 is 0.001, 5.0 is 5, True is true."""
+    if logged == ours:
+        return True
+    try:
+        return float(logged) == float(ours)
+    except ValueError:
+        pass
+    try:
+        return parse_bool(logged) == parse_bool(ours)
+    except ValueError:
+        return False
+
+
 def _parent_run(study_name: str, base: TrainConfig, options: TuneOptions, space: SearchSpace, shown_storage: str) -> str:
     """The study's parent run: found by its tags in the current experiment, else created."""
     # `mlflow run` hands its own run to the command through MLFLOW_RUN_ID. That run becomes the
@@ -520,11 +552,18 @@ def _parent_run(study_name: str, base: TrainConfig, options: TuneOptions, space:
         log.info("resuming the study's MLflow parent run %s", parent_id)
         return parent_id
     with mlflow.start_run(run_id=project_run, run_name=f"tune {study_name}", tags=tags) as run:
-        tracking.log_config(base)
-        existing = mlflow.get_run(run.info.run_id).data.params
         # Not named like the MLproject parameters (storage, space): `mlflow run` logs those as typed.
-        extra = {"folds": options.folds, "optuna_storage": shown_storage, "search_space": json.dumps(space.to_dict())}
-        mlflow.log_params({k: v for k, v in extra.items() if k not in existing})
+        params = {**parent_params(base, space), "folds": str(options.folds), "optuna_storage": shown_storage,
+                  "search_space": json.dumps(space.to_dict())}
+        existing = mlflow.get_run(run.info.run_id).data.params
+        tracking.log_new_params(params)
+        overridden = {k: params[k] for k in params if k in existing and not _same_param(existing[k], params[k])}
+        if overridden:
+            # MLflow params cannot change: the -P values `mlflow run` logged stay, and this tag says
+            # what the study uses instead (fixed: fields of the space, searched fields).
+            mlflow.set_tag(TAG_OVERRIDDEN, json.dumps(overridden))
+            log.warning("the parent run's params %s are mlflow run's; the study uses %s (tag %s)",
+                        ", ".join(f"{k}={existing[k]}" for k in overridden), json.dumps(overridden), TAG_OVERRIDDEN)
         mlflow.set_tags({"dataset": base.dataset, "split": base.split, "seed": str(base.seed), "deeprec_version": __version__})
         log.info("created the study's MLflow parent run %s", run.info.run_id)
         return run.info.run_id

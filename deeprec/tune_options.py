@@ -21,6 +21,14 @@ class PrunerSettings:
     warmup_steps: int = 5  # median, per-epoch checks: steps of a trial before it may be pruned (see deeprec.tune)
     every: str = "epoch"  # "epoch": per-epoch and fold-level checks; "fold": fold-level checks only
 
+    def label(self) -> str:
+        """How the runs record it (tag `pruner`): `median(startup_trials=5, warmup_steps=5, every=epoch)`."""
+        if self.name == "none":
+            return "none"
+        if self.name == "hyperband":  # its own schedule: the median settings do not apply
+            return f"hyperband(every={self.every})"
+        return f"median(startup_trials={self.startup_trials}, warmup_steps={self.warmup_steps}, every={self.every})"
+
 
 @dataclass(frozen=True)
 class TuneOptions:

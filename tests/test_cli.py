@@ -147,7 +147,12 @@ def test_bad_data_an_unknown_run_or_study_or_a_bad_space_is_named_before_tensorf
     (tmp_path / "space.yaml").write_text("params:\n  dropout: [0.1, 1.5]\n")
     (tmp_path / "bad.csv").write_text("1,1,5\n1,2,x\n")
     (tmp_path / "twice.csv").write_text("1,1,5\n1,2,4\n1,1,3\n")
+    (tmp_path / "good.csv").write_text("1,1,5\n1,2,4\n2,1,3\n2,2,1\n")
+    (tmp_path / "bad_sweep.yaml").write_text("name: bad\nbase: {dataset: 'csv:bad.csv'}\nrows: [{name: a}]\n")
     cases = [
+        (["sweep", "bad_sweep.yaml"], "bad.csv, line 2: rating 'x' is not a number"),  # before the parent run, too
+        (["tune", "--dataset", "csv:bad.csv", "--n-trials", "1"], "bad.csv, line 2: rating 'x' is not a number"),
+        (["tune", "--dataset", "csv:good.csv?scale=1,5", "--storage", "garbage://x", "--n-trials", "1"], "storage garbage://x: "),
         (["train", "--dataset", "csv:bad.csv"], "bad.csv, line 2: rating 'x' is not a number"),
         (["train", "--dataset", "csv:twice.csv"], "twice.csv, line 3: duplicate rating of item 1 by user 1 (first at line 1)"),
         (["cv", "--dataset", "csv:bad.csv"], "bad.csv, line 2: rating 'x' is not a number"),
@@ -163,6 +168,40 @@ def test_bad_data_an_unknown_run_or_study_or_a_bad_space_is_named_before_tensorf
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith("deeprec: error: ") and message in line, line
     assert not (tmp_path / "nothing.db").exists()
+    assert mlflow.MlflowClient(tracking_uri).search_runs(["0"]) == []  # no sweep parent run left behind
+
+
+def test_stores_and_experiments_that_cannot_take_runs_fail_in_one_line_before_the_data_is_read(tmp_path: Path, rows: np.ndarray,
+                                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)  # the new store's Default experiment keeps its artifacts in ./mlruns/0
+    write_ratings_csv(tmp_path / "ratings.csv", rows)
+    (tmp_path / "junk.db").write_text("not a database\n")
+    (tmp_path / "folder.db").mkdir()
+    good = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(good)
+    client.delete_experiment(client.create_experiment("gone"))
+    cases = [
+        ({"MLFLOW_TRACKING_URI": "sqlite:///junk.db"}, "sqlite:///junk.db cannot be used: DatabaseError: (sqlite3.DatabaseError) file is not a database"),
+        ({"MLFLOW_TRACKING_URI": "sqlite:///folder.db"}, "sqlite:///folder.db cannot be used: folder.db is not a file"),  # not minutes of retries
+        ({"MLFLOW_TRACKING_URI": "postgresql://me:secret@127.0.0.1:9/db"}, "postgresql://me:***@127.0.0.1:9/db cannot be used: "),
+        ({"MLFLOW_TRACKING_URI": good, "MLFLOW_EXPERIMENT_NAME": "gone"}, "experiment 'gone' (id 1) is deleted in"),
+        ({"MLFLOW_TRACKING_URI": good, "MLFLOW_EXPERIMENT_ID": "987"}, "MLFLOW_EXPERIMENT_ID=987: no such experiment in the tracking store"),
+    ]
+    for env, message in cases:
+        result = subprocess.run([sys.executable, "-c", CLI_WITHOUT_TENSORFLOW, "train", "--dataset", "csv:ratings.csv", "--epochs", "1"],
+                                capture_output=True, text=True, cwd=tmp_path, env={**os.environ, **env}, timeout=120)
+        assert result.returncode == 2, (env, result.returncode, result.stderr[-800:])
+        (line,) = result.stderr.strip().splitlines()
+        assert message in line and "secret" not in line, line
+    # An artifact folder that cannot be made would fail only once training had finished.
+    (tmp_path / "mlruns").write_text("")
+    result = subprocess.run([sys.executable, "-c", CLI_WITHOUT_TENSORFLOW, "train", "--dataset", "csv:ratings.csv"], capture_output=True,
+                            text=True, cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": good}, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"deeprec: error: experiment 'Default' keeps its artifacts in {tmp_path / 'mlruns' / '0'}, "
+                                     f"where none can be written: {tmp_path / 'mlruns'} is not a folder")
 
 
 @pytest.mark.parametrize(

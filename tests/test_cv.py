@@ -73,7 +73,8 @@ def test_tracked_cv_with_refit(workspace: Path, capsys: pytest.CaptureFixture, c
     assert parent.data.metrics["cv_valid_rmse_mean"] == pytest.approx(np.mean(folds))
     assert parent.data.metrics["cv_valid_rmse_std"] == pytest.approx(np.std(folds))
     assert np.isfinite(parent.data.metrics["test_rmse"])  # the refit's test metrics, on the parent too
-    assert parent.data.params["ensemble"] == "True" and summary["ensemble_test_rmse"] == pytest.approx(parent.data.metrics["ensemble_test_rmse"])
+    assert (parent.data.params["ensemble"], parent.data.params["refit"]) == ("true", "true")  # spelled as config booleans are
+    assert summary["ensemble_test_rmse"] == pytest.approx(parent.data.metrics["ensemble_test_rmse"])
     assert "curves/folds.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "curves")}
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     names = sorted(r.info.run_name for r in children)

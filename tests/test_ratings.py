@@ -265,6 +265,8 @@ def test_a_missing_relative_csv_under_mlflow_run_names_the_folder_it_was_looked_
     assert str(err.value) == f"r.csv: no such ratings file in {tmp_path}, the folder `mlflow run` runs the project in; give csv: an absolute path"
     with pytest.raises(DeeprecError, match=r"no such ratings file$"):
         check_local_file(get_spec(f"csv:{tmp_path / 'r.csv'}"))  # an absolute path is not the folder's fault
+    with pytest.raises(DeeprecError, match=r"is a folder; csv: needs the ratings file itself$"):
+        check_local_file(get_spec(f"csv:{tmp_path}"))
 
 
 @pytest.mark.parametrize(
@@ -296,3 +298,18 @@ def test_empty_separator_is_refused_up_front(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "r.csv", ["1,3,4"])
     with pytest.raises(DeeprecError, match="the field separator is empty"):
         read_ratings(path, RatingsFormat(sep=""))
+
+
+@pytest.mark.parametrize("fmt", [DAT, RatingsFormat(encoding="utf-8")], ids=["ml-1m dat, latin-1", "csv, utf-8"])
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_id(tmp_path: Path, fmt: RatingsFormat) -> None:
+    path = tmp_path / "ratings.dat"
+    path.write_bytes(b"\xef\xbb\xbf" + "1::3::4::0\n2::3::5::0\n".encode().replace(b"::", b"::" if fmt is DAT else b","))
+    ratings = read_ratings(path, fmt, scale=(1, 5))
+    assert ratings.users.tolist() == [1, 2] and ratings.values.tolist() == [4.0, 5.0]
+
+
+def test_ratings_that_are_all_equal_leave_no_scale_to_infer(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "r.csv", ["1,1,3", "2,1,3", "2,2,3"])
+    with pytest.raises(DataFormatError, match=r"r\.csv: every rating is 3, so no rating scale can be inferred; give it \(csv:PATH\?scale=MIN,MAX"):
+        read_ratings(path)
+    assert read_ratings(path, scale=(1, 5)).scale == (1, 5)  # given, it is fine

@@ -96,6 +96,28 @@ def test_a_seed_past_the_last_is_refused_before_the_parent_run(mlflow_store: Pat
     assert MlflowClient().search_runs(["0"]) == []  # no parent run left behind
 
 
+def test_a_sweep_whose_every_run_failed_ends_its_parent_failed(mlflow_store: Path, capsys: pytest.CaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from deeprec import sweep
+    from deeprec.errors import DeeprecError
+
+    write_ml1m(mlflow_store / "data" / "ml-1m", synthetic_ratings(n_users=20, n_items=12, per_user=(6, 10), seed=3))
+    (mlflow_store / "one.yaml").write_text("name: one\nbase: {orientation: user, arch: '4', batch_size: 8, epochs: 1}\nrows: [{name: a}]\n")
+
+    def diverged(job, loaded=None):
+        raise DeeprecError("training diverged")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(sweep, "_run_job", diverged)
+        assert main(["sweep", "one.yaml", "--json"]) == 1
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    parent = MlflowClient().get_run(summary["parent_run_id"])
+    assert parent.info.status == "FAILED" and parent.data.tags["failure"].startswith("all 1 run(s) of this invocation failed")
+    assert main(["sweep", "one.yaml", "--json"]) == 0  # run again: the row trains, the parent is FINISHED again
+    parent = MlflowClient().get_run(summary["parent_run_id"])
+    assert parent.info.status == "FINISHED" and "failure" not in parent.data.tags
+
+
 @pytest.fixture
 def workspace(mlflow_store: Path) -> Path:
     """Tiny ML-1M-format data, a private tracking store and a two-row experiment file."""
@@ -201,6 +223,8 @@ def test_a_row_another_sweep_trained_is_copied_not_trained_again(workspace: Path
         m.value for m in client.get_metric_history(source.info.run_id, "valid_rmse")] and len(client.get_metric_history(copy.info.run_id, "valid_rmse")) == 3
     assert (copy.info.start_time, copy.info.end_time) == (source.info.start_time, source.info.end_time)
     assert {a.path for a in client.list_artifacts(copy.info.run_id)} == {a.path for a in client.list_artifacts(source.info.run_id)}
+    assert [(d.dataset.name, d.dataset.digest) for d in copy.inputs.dataset_inputs] == [(d.dataset.name, d.dataset.digest) for d in source.inputs.dataset_inputs]
+    assert copy.data.tags.get("mlflow.source.name") == source.data.tags.get("mlflow.source.name") is not None  # the code that measured it
     capsys.readouterr()
     assert main(["recommend", "--run-id", copy.info.run_id, "--user", "1"]) == 2  # the recommender stays with the source run
     assert capsys.readouterr().err.strip() == (f"deeprec: error: run {copy.info.run_id} has no recommender: it is a copy of run "
@@ -217,6 +241,13 @@ def test_a_row_another_sweep_trained_is_copied_not_trained_again(workspace: Path
     retrained = client.search_runs(["0"], f"tags.`{TAG_SWEEP}` = 'third' and tags.`{TAG_ROW}` = 'baseline'")[0]
     assert TAG_REUSED not in retrained.data.tags
     assert retrained.data.metrics["test_rmse_user_avg"] == pytest.approx(source.data.metrics["test_rmse_user_avg"], rel=1e-6)
+
+    # Runs of another deeprec version are not reused: it may train or evaluate differently.
+    for run in (source, copy, retrained):
+        client.set_tag(run.info.run_id, "deeprec_version", "0.0.1")
+    (workspace / "fifth.yaml").write_text(baseline_only.replace("name: other", "name: fifth"))
+    assert main(["sweep", "fifth.yaml", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["reused"] == 0
 
     # Other data under the same dataset name: nothing is reused.
     write_ml1m(workspace / "data" / "ml-1m", synthetic_ratings(n_users=30, n_items=20, per_user=(10, 16), seed=9))
@@ -239,7 +270,7 @@ def test_a_cross_validation_row(workspace: Path, capsys: pytest.CaptureFixture) 
     client = MlflowClient()
     (run,) = client.search_runs(["0"], f"tags.`{TAG_SWEEP}` = 'tiny' and tags.`{TAG_ROW}` = 'folds'")
     assert run.data.tags["mlflow.parentRunId"] == summary["parent_run_id"] and run.info.run_name == "folds · seed 42"
-    assert (run.data.params["folds"], run.data.params["ensemble"], run.data.params["lr"]) == ("3", "True", "0.05")
+    assert (run.data.params["folds"], run.data.params["ensemble"], run.data.params["refit"], run.data.params["lr"]) == ("3", "true", "true", "0.05")
     nested = client.search_runs(["0"], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
     assert sorted(r.info.run_name for r in nested) == ["fold 1/3", "fold 2/3", "fold 3/3", "refit"]
     metrics = run.data.metrics

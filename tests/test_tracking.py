@@ -47,7 +47,7 @@ def test_mlflow_run_end_to_end(workspace: Path) -> None:
     expected = TrainConfig(epochs=3, arch="8", orientation="user", batch_size=16, patience=0, fill="row-mean").to_params()
     assert run.data.params == expected  # every config field, same names as MLproject
     assert run.data.tags["dataset"] == "ml-1m" and len(run.data.tags["dataset_digest"]) == 32
-    assert run.data.tags["split"] == "holdout" and run.data.tags["deeprec_version"]
+    assert run.data.tags["split"] == "holdout" and run.data.tags["deeprec_version"] and run.data.tags["rating_scale"] == "1,5"
     history = client.get_metric_history(run.info.run_id, "valid_rmse")
     assert [m.step for m in history] == [1, 2, 3]
     for key in ("test_rmse", "test_mae", "test_rmse_user_avg", "baseline_global_mean_rmse", "baseline_user_item_bias_rmse", "ndcg_at_10"):
@@ -181,7 +181,7 @@ def test_cli_train_reads_a_csv_dataset_as_its_query_says(workspace: Path, capsys
     assert main(["train", "--dataset", dataset, "--epochs", "1", "--arch", "4", "--orientation", "user", "--batch_size", "8", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     run = MlflowClient().get_run(summary["run_id"])
-    assert run.info.status == "FINISHED" and run.data.params["dataset"] == dataset
+    assert run.info.status == "FINISHED" and run.data.params["dataset"] == dataset and run.data.tags["rating_scale"] == "1,10"
     (logged,) = run.inputs.dataset_inputs
     assert logged.dataset.name == dataset
     assert json.loads(logged.dataset.profile)["num_rows"] == len(rows)  # the repeated pair kept once
@@ -200,6 +200,29 @@ def test_a_local_ratings_file_gets_the_source_mlflow_picks_without_its_warning(t
         warnings.simplefilter("ignore")  # MLflow 3.x warns here; a later one may not
         mlflows = resolve_dataset_source(str(path))
     assert type(ours) is type(mlflows) and ours.to_dict() == mlflows.to_dict() == {"uri": str(path)}
+
+
+def test_bad_input_under_mlflow_run_tags_the_projects_run_with_the_reason(workspace: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """MLflow Projects creates the run before deeprec starts; a bad -P value must not leave it
+    FAILED with nothing in `mlflow ui` saying why."""
+    from deeprec.cli import main
+
+    client = MlflowClient()
+    for argv, reason in [
+        (["train", "--arch", "256,abc"], "arch: "),
+        (["tune", "--n-trials", "x"], "deeprec tune: error: argument --n-trials: expected a whole number, got 'x'"),  # argparse's, in one line
+    ]:
+        run_id = client.create_run("0").info.run_id
+        monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+        try:
+            code = main(argv)
+        except SystemExit as exit_:
+            code = exit_.code
+        assert code == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert reason in line
+        assert client.get_run(run_id).data.tags["failure"] in line and reason in "deeprec: error: " + client.get_run(run_id).data.tags["failure"]
 
 
 def test_cli_recommend_prints_titles(workspace: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:

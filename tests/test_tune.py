@@ -369,7 +369,17 @@ def test_mlproject_tune_entry_point_is_cv_plus_the_study_options() -> None:
     assert (args.n_trials, args.n_workers, args.pruner, args.prune_every, args.refit, args.folds) == (20, 1, "median", "epoch", True, 5)
     assert args.storage == "" and args.study_name == ""  # empty means the default
     assert search_space.load_space(ROOT / args.space).is_default
-    assert not build_parser().parse_args(["tune", "--no-refit"]).refit
+    assert build_parser().parse_args(["tune", "--no-refit"]).refit is False
+    assert build_parser().parse_args(["tune"]).refit is None  # TuneOptions' default (true) applies
+
+
+@pytest.mark.parametrize("argv", [["--no-refit", "--refit", "true"], ["--refit", "--no-refit"], ["--refit", "false", "--no-refit"]])
+def test_refit_and_no_refit_together_are_refused(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["tune", *argv])
+    assert exit_.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("deeprec tune: error: argument --") and "not allowed with argument --" in line
 
 
 # --------------------------------------------------------------------------- studies end to end
@@ -387,6 +397,9 @@ def test_tiny_study_end_to_end_then_resumed(workspace: Path, capsys: pytest.Capt
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["optuna_study"] == name and parent.data.tags["deeprec.kind"] == "tune"
     assert parent.data.params["folds"] == "2" and parent.data.params["arch"] == "4"
+    assert [parent.data.params[k] for k in ("l2", "dropout", "lr")] == ["searched"] * 3  # no trial used the base values
+    assert parent.data.tags["pruner"] == "median(startup_trials=5, warmup_steps=5, every=epoch)" and parent.data.tags["n_workers"] == "1"
+    assert "params_overridden" not in parent.data.tags
     assert parent.data.metrics["best_value"] == pytest.approx(first["best_value"])
     assert parent.data.metrics["trials_complete"] == first["trials_complete"] and parent.data.metrics["trials_failed"] == 0
     assert parent.data.metrics["wall_seconds"] > 0
@@ -404,6 +417,7 @@ def test_tiny_study_end_to_end_then_resumed(workspace: Path, capsys: pytest.Capt
         frozen = study.trials[number]
         assert run.data.tags["trial_state"] == {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}[frozen.state]
         assert run.data.tags["optuna_study"] == name and run.data.tags["worker_pid"] == str(os.getpid())
+        assert run.data.tags["pruner"] == parent.data.tags["pruner"]
         assert frozen.user_attrs["mlflow_run_id"] == run.info.run_id
         assert float(run.data.params["lr"]) == pytest.approx(frozen.params["lr"]) and run.data.params["epochs"] == "2"
         if frozen.state == TrialState.COMPLETE:
@@ -448,6 +462,26 @@ def test_tiny_study_end_to_end_then_resumed(workspace: Path, capsys: pytest.Capt
     assert "epochs: the study was created with 2, this command has 3" in capsys.readouterr().err
 
 
+def test_under_mlflow_run_the_parent_names_the_params_the_study_does_not_use(workspace: Path, capsys: pytest.CaptureFixture,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mlflow run -e tune` logs its -P values (defaults included) before deeprec starts; the
+    space's fixed fields and the searched ones then differ from them, and params cannot change."""
+    import mlflow
+
+    (workspace / "space.yaml").write_text("params:\n  lr: [0.01, 0.001]\nfixed:\n  arch: '4'\n")
+    with mlflow.start_run() as project_run:  # what MLflow Projects creates and hands over
+        mlflow.log_params({"arch": "500", "lr": "1e-3", "epochs": "2.0", "orientation": "user"})
+    monkeypatch.setenv("MLFLOW_RUN_ID", project_run.info.run_id)
+    assert main(["tune", "--orientation", "user", "--epochs", "2", "--batch_size", "16", "--folds", "2", "--space", "space.yaml",
+                 "--n-trials", "1", "--no-refit", "--pruner", "none", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    parent = MlflowClient().get_run(result["parent_run_id"])
+    assert parent.info.run_id == project_run.info.run_id
+    assert (parent.data.params["arch"], parent.data.params["lr"]) == ("500", "1e-3")  # as MLflow logged them
+    assert json.loads(parent.data.tags["params_overridden"]) == {"arch": "4", "lr": "searched"}  # epochs 2.0 is 2
+    assert (parent.data.params["dropout"], parent.data.params["noise"]) == ("searched", "none")  # not logged before: deeprec's values
+
+
 def test_two_worker_processes_share_one_study(workspace: Path, capsys: pytest.CaptureFixture) -> None:
     result = tune_json(capsys, "--n-trials", "4", "--n-workers", "2", "--no-refit", "--pruner", "none")
     assert result["worker_exit_codes"] == [0, 0]
@@ -458,6 +492,8 @@ def test_two_worker_processes_share_one_study(workspace: Path, capsys: pytest.Ca
     assert len(pids) == 2 and os.getpid() not in pids
     runs = trial_runs(result["parent_run_id"])
     assert {r.data.tags["worker_pid"] for r in runs} == {str(p) for p in pids}
+    assert {r.data.tags["pruner"] for r in runs} == {"none"}  # the workers' trials say which rule they ran under
+    assert MlflowClient().get_run(result["parent_run_id"]).data.tags["n_workers"] == "2"
     assert all(r.data.tags["trial_state"] == "complete" and r.info.status == "FINISHED" for r in runs)
 
 
