@@ -108,6 +108,7 @@ import dataclasses
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -522,9 +523,15 @@ def parent_params(base: TrainConfig, space: SearchSpace) -> dict[str, str]:
 
 
 def _same_param(logged: str, ours: str) -> bool:
-    """`mlflow run` logs -P values as typed: 1e-3 is 0.001, 5.0 is 5, True is true."""
+    """`mlflow run` logs -P values as typed (1e-3 is 0.001, 5.0 is 5, True is true), and
+    shell-quoted where they hold characters such as ? & ; ('csv:r.txt?sep=;' is csv:r.txt?sep=;)."""
     if logged == ours:
         return True
+    try:
+        if shlex.split(logged) == [ours]:
+            return True
+    except ValueError:  # an unbalanced quote: not a quoted value
+        pass
     try:
         return float(logged) == float(ours)
     except ValueError:

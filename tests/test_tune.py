@@ -470,7 +470,8 @@ def test_under_mlflow_run_the_parent_names_the_params_the_study_does_not_use(wor
 
     (workspace / "space.yaml").write_text("params:\n  lr: [0.01, 0.001]\nfixed:\n  arch: '4'\n")
     with mlflow.start_run() as project_run:  # what MLflow Projects creates and hands over
-        mlflow.log_params({"arch": "500", "lr": "1e-3", "epochs": "2.0", "orientation": "user"})
+        # -P values as typed, shell-quoted where they need it (as MLflow 3 logs them)
+        mlflow.log_params({"arch": "500", "lr": "1e-3", "epochs": "2.0", "orientation": "user", "dataset": "'ml-1m'"})
     monkeypatch.setenv("MLFLOW_RUN_ID", project_run.info.run_id)
     assert main(["tune", "--orientation", "user", "--epochs", "2", "--batch_size", "16", "--folds", "2", "--space", "space.yaml",
                  "--n-trials", "1", "--no-refit", "--pruner", "none", "--json"]) == 0
@@ -478,7 +479,7 @@ def test_under_mlflow_run_the_parent_names_the_params_the_study_does_not_use(wor
     parent = MlflowClient().get_run(result["parent_run_id"])
     assert parent.info.run_id == project_run.info.run_id
     assert (parent.data.params["arch"], parent.data.params["lr"]) == ("500", "1e-3")  # as MLflow logged them
-    assert json.loads(parent.data.tags["params_overridden"]) == {"arch": "4", "lr": "searched"}  # epochs 2.0 is 2
+    assert json.loads(parent.data.tags["params_overridden"]) == {"arch": "4", "lr": "searched"}  # epochs 2.0 is 2, 'ml-1m' is ml-1m
     assert (parent.data.params["dropout"], parent.data.params["noise"]) == ("searched", "none")  # not logged before: deeprec's values
 
 
