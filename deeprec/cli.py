@@ -57,13 +57,13 @@ def _boolean(text: str) -> bool:
 
 
 def _header(text: str) -> bool | None:
-    return {"auto": None, "yes": True, "no": False}[text]
+    return datasets.HEADER_VALUES[text]
 
 
 def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="ml-1m", help=f"one of {', '.join(datasets.dataset_names())} (default ml-1m)")
     parser.add_argument("--sep", default=None, help="csv:PATH only: field separator (default: detected)")
-    parser.add_argument("--header", choices=("auto", "yes", "no"), default="auto", help="csv:PATH only: is the first line a header")
+    parser.add_argument("--header", choices=tuple(datasets.HEADER_VALUES), default="auto", help="csv:PATH only: is the first line a header")
     parser.add_argument("--scale", type=_scale, default=None, metavar="MIN,MAX", help="csv:PATH only: rating scale (default: from the data)")
     parser.add_argument("--duplicates", choices=DUPLICATE_POLICIES, default=None, help="duplicate (user, item) ratings: error (default) or keep the last")
 
