@@ -399,7 +399,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from deeprec import study_storage
 
     # An unusable --storage (unknown scheme, missing driver, unwritable journal) is one line too.
-    study_storage.open_storage(options.storage or study_storage.default_storage(), heartbeat_interval=None, grace_period=None)
+    storage_url = options.storage or study_storage.default_storage()
+    storage = study_storage.open_storage(storage_url, heartbeat_interval=None, grace_period=None)
+    if options.n_trials == 0:
+        study_storage.require_existing_study(storage, options.study_name or study_storage.default_study_name(base, space),
+                                             study_storage.display_storage(storage_url))
     from deeprec import tune  # heavy: imported only once the config, options, space, store, data and storage are good
 
     result = tune.run_study(cfg, space, options, dataset=dataset)

@@ -1,8 +1,9 @@
-"""Where Optuna studies live: the default storage, opening one, and finding a finished study.
+"""Where Optuna studies live: the default storage, opening one, a study's default name, and
+finding an existing or finished study.
 
 Kept apart from `deeprec.tune` because it needs Optuna and SQLAlchemy only, not TensorFlow:
-`deeprec replay-pruning` with a wrong storage or study name answers in a second or two, in one
-line, before the tuning code (and TensorFlow) is imported.
+`deeprec replay-pruning` and `deeprec tune` with a wrong storage or study name answer in a second
+or two, in one line, before the tuning code (and TensorFlow) is imported.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import optuna
 import sqlalchemy
 from optuna.trial import FrozenTrial
 
+from deeprec.config import TrainConfig
+from deeprec.datasets import parse_csv_name
 from deeprec.errors import DeeprecError
+from deeprec.search_space import SearchSpace
 from deeprec.tune_options import DEFAULT_GRACE_PERIOD, DEFAULT_HEARTBEAT_INTERVAL
 
 log = logging.getLogger(__name__)
@@ -104,6 +108,22 @@ def open_storage(
                 continue
             raise DeeprecError(f"storage {shown}: {message[:300]}") from None
     raise AssertionError("unreachable")
+
+
+def default_study_name(cfg: TrainConfig, space: SearchSpace) -> str:
+    """deeprec-<dataset>-<orientation>-<arch>, plus the space file's name when it is not the default."""
+    dataset = cfg.dataset if not cfg.dataset.startswith("csv:") else "csv-" + Path(parse_csv_name(cfg.dataset)[0]).stem
+    orientation = "any" if "orientation" in space.params else cfg.orientation
+    arch = "any" if "arch" in space.params else cfg.arch.replace(",", "-")
+    name = f"deeprec-{dataset}-{orientation}-{arch}"
+    return name if space.is_default else f"{name}-{space.name}"
+
+
+def require_existing_study(storage: optuna.storages.BaseStorage, study_name: str, shown_storage: str) -> None:
+    """`--n-trials 0` re-logs and refits an existing study; creating an empty one would only fix
+    its setup early."""
+    if study_name not in optuna.get_all_study_names(storage):
+        raise DeeprecError(f"n-trials: 0 adds no trial to an existing study, and there is no study {study_name!r} in {shown_storage}")
 
 
 def load_finished_study(study_name: str, storage_url: str) -> optuna.Study:

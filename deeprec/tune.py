@@ -116,7 +116,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -134,7 +133,15 @@ from deeprec.errors import DeeprecError
 from deeprec.search_space import SearchSpace, load_space, trial_config
 from deeprec.splits import Split
 from deeprec.pruning import TrialReporter, make_pruner
-from deeprec.study_storage import SETUP_ATTR, default_storage, display_storage, open_storage, using_experimental_optuna_features
+from deeprec.study_storage import (
+    SETUP_ATTR,
+    default_storage,
+    default_study_name,
+    display_storage,
+    open_storage,
+    require_existing_study,
+    using_experimental_optuna_features,
+)
 from deeprec.tune_options import PrunerSettings, TuneOptions
 
 log = logging.getLogger(__name__)
@@ -150,15 +157,6 @@ SEARCHED = "searched"  # the parent's param for a field the trials sample
 MIN_FAILURE_BUDGET = 5
 
 # --------------------------------------------------------------------------- study
-
-
-def default_study_name(cfg: TrainConfig, space: SearchSpace) -> str:
-    """deeprec-<dataset>-<orientation>-<arch>, plus the space file's name when it is not the default."""
-    dataset = cfg.dataset if not cfg.dataset.startswith("csv:") else "csv-" + Path(datasets.parse_csv_name(cfg.dataset)[0]).stem
-    orientation = "any" if "orientation" in space.params else cfg.orientation
-    arch = "any" if "arch" in space.params else cfg.arch.replace(",", "-")
-    name = f"deeprec-{dataset}-{orientation}-{arch}"
-    return name if space.is_default else f"{name}-{space.name}"
 
 
 # --------------------------------------------------------------------------- options, worker spec
@@ -431,9 +429,8 @@ def run_study(cfg: TrainConfig, space: SearchSpace | None = None, options: TuneO
     cv.fold_splits(base, dataset, options.folds)  # too few ratings for the folds: fail before any study exists
 
     storage = open_storage(storage_url, options.heartbeat_interval, options.grace_period)
-    if options.n_trials == 0 and study_name not in optuna.get_all_study_names(storage):
-        # 0 trials re-logs and refits a study; creating an empty one would only fix its setup early
-        raise DeeprecError(f"n-trials: 0 adds no trial to an existing study, and there is no study {study_name!r} in {shown}")
+    if options.n_trials == 0:
+        require_existing_study(storage, study_name, shown)
     # This process only creates (or finds) the study and reads it; the workers sample and prune.
     study = optuna.create_study(study_name=study_name, storage=storage, direction="minimize", load_if_exists=True)
     setup = json.loads(json.dumps({"config": base.to_params(), "folds": options.folds, "space": space.to_dict()["params"]}))

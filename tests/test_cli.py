@@ -153,6 +153,7 @@ def test_bad_data_an_unknown_run_or_study_or_a_bad_space_is_named_before_tensorf
         (["sweep", "bad_sweep.yaml"], "bad.csv, line 2: rating 'x' is not a number"),  # before the parent run, too
         (["tune", "--dataset", "csv:bad.csv", "--n-trials", "1"], "bad.csv, line 2: rating 'x' is not a number"),
         (["tune", "--dataset", "csv:good.csv?scale=1,5", "--storage", "garbage://x", "--n-trials", "1"], "storage garbage://x: "),
+        (["tune", "--dataset", "csv:good.csv?scale=1,5", "--n-trials", "0"], "n-trials: 0 adds no trial to an existing study, and there is no study 'deeprec-csv-good-item-500'"),
         (["train", "--dataset", "csv:bad.csv"], "bad.csv, line 2: rating 'x' is not a number"),
         (["train", "--dataset", "csv:twice.csv"], "twice.csv, line 3: duplicate rating of item 1 by user 1 (first at line 1)"),
         (["cv", "--dataset", "csv:bad.csv"], "bad.csv, line 2: rating 'x' is not a number"),

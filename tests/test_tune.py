@@ -121,8 +121,8 @@ def test_space_file_adds_drops_and_fixes(tmp_path: Path) -> None:
     base = space.base_config(TrainConfig(epochs=2).validate())
     assert (base.lr, base.noise, base.l2) == (0.001, "dropout", 0.0001)
     space.check(base)
-    assert tune.default_study_name(base, space) == "deeprec-ml-1m-item-any-my_space"
-    assert tune.default_study_name(TrainConfig(arch="256,512,256"), search_space.load_space()) == "deeprec-ml-1m-item-256-512-256"
+    assert study_storage.default_study_name(base, space) == "deeprec-ml-1m-item-any-my_space"
+    assert study_storage.default_study_name(TrainConfig(arch="256,512,256"), search_space.load_space()) == "deeprec-ml-1m-item-256-512-256"
     cfg = search_space.trial_config(base, {"arch": "8,4,8", "batch_size": 16, "dropout": 0.25})
     assert (cfg.hidden_sizes, cfg.batch_size, cfg.dropout) == ((8, 4, 8), 16, 0.25)
     assert search_space.SearchSpace.from_dict(space.to_dict(), str(path)).params == space.params
