@@ -220,15 +220,6 @@ def find_local(spec: DatasetSpec, root: Path | None = None) -> Path | None:
     return None
 
 
-def local_ratings_digest(spec: DatasetSpec, root: Path | None = None) -> str | None:
-    """The MD5 of the spec's ratings file as `load` would record it, or None when the file is not
-    here yet (nothing is downloaded)."""
-    folder = find_local(spec, root)
-    if folder is None:
-        return None
-    return archive_md5(spec.local_path if spec.local_path is not None else folder / spec.ratings_file)
-
-
 def check_local_file(spec: DatasetSpec) -> None:
     """A `csv:PATH` dataset whose file is missing fails here; the training commands call it before
     they import TensorFlow (8 seconds). Registered datasets are found, or downloaded, when they load."""

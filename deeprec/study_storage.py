@@ -23,6 +23,7 @@ from deeprec.config import TrainConfig
 from deeprec.datasets import parse_csv_name
 from deeprec.errors import DeeprecError
 from deeprec.search_space import SearchSpace
+from deeprec.tracking_store import shown_uri
 from deeprec.tune_options import DEFAULT_GRACE_PERIOD, DEFAULT_HEARTBEAT_INTERVAL
 
 log = logging.getLogger(__name__)
@@ -60,12 +61,7 @@ def default_storage(tracking_uri: str | None = None) -> str:
 
 def display_storage(url: str) -> str:
     """The URL with any password hidden (it is logged and printed)."""
-    if url.startswith("journal:"):
-        return url
-    try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
-        return url
+    return shown_uri(url)
 
 
 def open_storage(

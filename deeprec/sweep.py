@@ -290,9 +290,11 @@ def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: i
     # would otherwise fail every row, leaving an empty parent run. A sequential sweep keeps the
     # last one read for its first rows (one dataset held at a time).
     loaded: dict[str, datasets.Dataset] = {}
+    digests: dict[str, str] = {}  # each ratings file's MD5, which runs to reuse must have been trained on
     for name in dict.fromkeys(experiment.config(row, 0, epochs).dataset for row in experiment.rows):
         loaded.clear()
         loaded[name] = datasets.load(datasets.get_spec(name))
+        digests[name] = loaded[name].digest
     if max_parallel > 1:
         loaded.clear()  # the workers read their own
     parent_id = _parent_run(experiment)
@@ -305,7 +307,7 @@ def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: i
              experiment.name, len(experiment.rows), seeds, len(experiment.rows) * seeds - len(jobs), len(jobs), " (smoke)" if smoke else "")
     reused = 0
     if reuse and not smoke and jobs:
-        left = _reuse_trained(experiment, jobs, parent_id)
+        left = _reuse_trained(experiment, jobs, parent_id, digests)
         reused, jobs = len(jobs) - len(left), left
     failed: list[str] = []
 
@@ -444,9 +446,10 @@ def trained_row_config(run: Run, experiment: Experiment, row: Row) -> bool:
     return logged == expected
 
 
-def _reuse_trained(experiment: Experiment, jobs: list[Job], parent_id: str) -> list[Job]:
+def _reuse_trained(experiment: Experiment, jobs: list[Job], parent_id: str, digests: dict[str, str]) -> list[Job]:
     """Copy every job's run that a full run of any sweep already trained (same config and seed,
-    same ratings file, same deeprec version); return the jobs still to train."""
+    same ratings file, same deeprec version); return the jobs still to train. `digests`: each
+    dataset's ratings MD5, as read before the parent run."""
     import mlflow
 
     runs = mlflow.search_runs(
@@ -455,7 +458,6 @@ def _reuse_trained(experiment: Experiment, jobs: list[Job], parent_id: str) -> l
     )
     # training runs only: a cross-validation run logs the same config but measured something else
     trained = [(config, run) for run in runs if logged_cv(run) is None and (config := logged_config(run)) is not None]
-    digests: dict[str, str | None] = {}
     rows = {row.name: row for row in experiment.rows}
     left = []
     for job in jobs:
@@ -463,10 +465,8 @@ def _reuse_trained(experiment: Experiment, jobs: list[Job], parent_id: str) -> l
             left.append(job)
             continue
         cfg = experiment.config(rows[job.row], job.seed_index)
-        if cfg.dataset not in digests:
-            digests[cfg.dataset] = datasets.local_ratings_digest(datasets.get_spec(cfg.dataset))
         source = next(
-            (run for config, run in trained if config == cfg and digests[cfg.dataset] and run.data.tags.get("dataset_digest") == digests[cfg.dataset]
+            (run for config, run in trained if config == cfg and run.data.tags.get("dataset_digest") == digests[cfg.dataset]
              and run.data.tags.get("deeprec_version") == __version__),  # another release may evaluate or train differently
             None,
         )

@@ -148,6 +148,10 @@ def _target_experiment():
             experiment = client.get_experiment(experiment_id)
         except MlflowException:
             raise DeeprecError(f"MLFLOW_EXPERIMENT_ID={experiment_id}: no such experiment in the tracking store {shown_uri(tracking_uri())}") from None
+        named = client.get_experiment_by_name(name) if name else None
+        if named is not None and named.experiment_id != experiment_id:  # MLflow refuses the pair once the run starts
+            raise DeeprecError(f"MLFLOW_EXPERIMENT_ID={experiment_id} and MLFLOW_EXPERIMENT_NAME={name} (id {named.experiment_id}) "
+                               "name different experiments; unset one of them")
     elif name:
         experiment = client.get_experiment_by_name(name)
     else:
@@ -170,15 +174,15 @@ def _check_artifact_location(experiment_name: str, location: str) -> None:
         return  # s3://, mlflow-artifacts:/ and the like: the server's business
     path = Path(unquote(parsed.path) if parsed.scheme == "file" else location)
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    problem = None
     if existing is None:
         return
     if not existing.is_dir():
         problem = f"{existing} is not a folder"
     elif not os.access(existing, os.W_OK | os.X_OK):
         problem = f"{existing} is not writable"
-    if problem:
-        raise DeeprecError(f"experiment {experiment_name!r} keeps its artifacts in {location}, where none can be written: {problem}")
+    else:
+        return
+    raise DeeprecError(f"experiment {experiment_name!r} keeps its artifacts in {location}, where none can be written: {problem}")
 
 
 def recommender_uri(run_id: str) -> str:

@@ -156,9 +156,6 @@ TAG_OVERRIDDEN = "params_overridden"  # parent-run tag: params `mlflow run` logg
 SEARCHED = "searched"  # the parent's param for a field the trials sample
 MIN_FAILURE_BUDGET = 5
 
-# --------------------------------------------------------------------------- study
-
-
 # --------------------------------------------------------------------------- options, worker spec
 
 

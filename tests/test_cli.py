@@ -189,17 +189,21 @@ def test_stores_and_experiments_that_cannot_take_runs_fail_in_one_line_before_th
         ({"MLFLOW_TRACKING_URI": "postgresql://me:secret@127.0.0.1:9/db"}, "postgresql://me:***@127.0.0.1:9/db cannot be used: "),
         ({"MLFLOW_TRACKING_URI": good, "MLFLOW_EXPERIMENT_NAME": "gone"}, "experiment 'gone' (id 1) is deleted in"),
         ({"MLFLOW_TRACKING_URI": good, "MLFLOW_EXPERIMENT_ID": "987"}, "MLFLOW_EXPERIMENT_ID=987: no such experiment in the tracking store"),
+        ({"MLFLOW_TRACKING_URI": good, "MLFLOW_EXPERIMENT_ID": "0", "MLFLOW_EXPERIMENT_NAME": "gone"},
+         "MLFLOW_EXPERIMENT_ID=0 and MLFLOW_EXPERIMENT_NAME=gone (id 1) name different experiments; unset one of them"),
     ]
+    # mlflow.set_experiment in an earlier test of this process exports MLFLOW_EXPERIMENT_ID
+    base_env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")}
     for env, message in cases:
         result = subprocess.run([sys.executable, "-c", CLI_WITHOUT_TENSORFLOW, "train", "--dataset", "csv:ratings.csv", "--epochs", "1"],
-                                capture_output=True, text=True, cwd=tmp_path, env={**os.environ, **env}, timeout=120)
+                                capture_output=True, text=True, cwd=tmp_path, env={**base_env, **env}, timeout=120)
         assert result.returncode == 2, (env, result.returncode, result.stderr[-800:])
         (line,) = result.stderr.strip().splitlines()
         assert message in line and "secret" not in line, line
     # An artifact folder that cannot be made would fail only once training had finished.
     (tmp_path / "mlruns").write_text("")
     result = subprocess.run([sys.executable, "-c", CLI_WITHOUT_TENSORFLOW, "train", "--dataset", "csv:ratings.csv"], capture_output=True,
-                            text=True, cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": good}, timeout=120)
+                            text=True, cwd=tmp_path, env={**base_env, "MLFLOW_TRACKING_URI": good}, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == (f"deeprec: error: experiment 'Default' keeps its artifacts in {tmp_path / 'mlruns' / '0'}, "
                                      f"where none can be written: {tmp_path / 'mlruns'} is not a folder")
