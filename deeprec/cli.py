@@ -8,11 +8,13 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
-from deeprec import __version__, datasets, interrupts, tracking_store
+from deeprec import __version__, datasets, interrupts, preparation, tracking_store
 from deeprec.config import DEFAULT_FOLDS, FIELD_DOCS, MAX_FOLDS, MAX_SEED, TrainConfig, check_cv, parse_bool
 from deeprec.errors import DeeprecError
+from deeprec.idmap import stored_id
 from deeprec.ratings import DUPLICATE_POLICIES
 from deeprec.splits import REPORT_SEED, SPLIT_NAMES, check_split_for, describe_split, make_split
 from deeprec.tune_options import PRUNE_EVERY, PRUNERS, PrunerSettings, TuneOptions
@@ -297,10 +299,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     _warn_unused_settings(cfg)
     tracking_store.check_store_usable()
     dataset = datasets.load(datasets.get_spec(cfg.dataset))  # a bad ratings file is one line, before TensorFlow's start-up lines
+    prepared = preparation.prepare(cfg, dataset)  # so are a split it cannot fill, bad side information, too many groups
     from deeprec import tracking  # heavy (TensorFlow, MLflow): imported only once the config, store and data are good
 
     log.info("%s", tracking.tracking_summary())
-    result = tracking.train_tracked(cfg, run_name=args.run_name, dataset=dataset)
+    result = tracking.train_tracked(cfg, run_name=args.run_name, prepared=prepared)
     summary = {"run_id": result.run_id, **{k: v for k, v in result.metrics.items()}}
     if args.json:
         print(json.dumps(summary))
@@ -318,10 +321,13 @@ def cmd_cv(args: argparse.Namespace) -> int:
     check_cv(cfg, args.folds)
     tracking_store.check_store_usable()
     dataset = datasets.load(datasets.get_spec(cfg.dataset))  # a bad ratings file is one line, before TensorFlow's start-up lines
+    base, folds = preparation.check_data(cfg, dataset, args.folds)  # so are folds it cannot fill and bad side information
     from deeprec import tracking  # heavy: imported only once the config, store and data are good
 
     log.info("%s", tracking.tracking_summary())
-    run_id, result, test = tracking.track_cv(cfg, args.folds, refit=args.refit, run_name=args.run_name, ensemble=args.ensemble, dataset=dataset)
+    run_id, result, test = tracking.track_cv(
+        cfg, args.folds, refit=args.refit, run_name=args.run_name, ensemble=args.ensemble, dataset=dataset, prepared_folds=(base, folds),
+    )
     summary = {"run_id": run_id, **result.metrics(), "fold_valid_rmse": result.scores.tolist(), **test}
     if args.json:
         print(json.dumps(summary))
@@ -404,6 +410,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if options.n_trials == 0:
         study_storage.require_existing_study(storage, options.study_name or study_storage.default_study_name(base, space),
                                              study_storage.display_storage(storage_url))
+    preparation.check_data(base, dataset, args.folds)  # folds the ratings cannot fill, bad side information: one line too
     from deeprec import tune  # heavy: imported only once the config, options, space, store, data and storage are good
 
     result = tune.run_study(cfg, space, options, dataset=dataset)
@@ -443,6 +450,22 @@ def cmd_replay_pruning(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_known_user(model_uri: str, user: str, folder: Path) -> None:
+    """An unknown `--user` refused from the model's user ids alone, before TensorFlow loads with
+    the model. Where they cannot be read, the model itself reports it once loaded."""
+    import numpy as np
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    try:
+        users = np.load(download_artifacts(artifact_uri=f"{model_uri}/artifacts/users.npy", dst_path=str(folder)), allow_pickle=False)
+    except (MlflowException, OSError, ValueError) as exc:
+        log.debug("could not read the model's user ids before loading it: %s", exc)
+        return
+    if stored_id(user, integer_ids=users.dtype.kind == "i") not in set(users.tolist()):
+        raise DeeprecError(f"unknown user id {user!r}: the model knows the {len(users):,} users of its training data")
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise DeeprecError(f"-n must be at least 1, got {args.n}")
@@ -458,8 +481,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     # The model's files go to a folder removed afterwards; MLflow's own default is a new temporary
     # folder per call that nobody removes.
     with tempfile.TemporaryDirectory(prefix="deeprec-recommend-") as folder:
+        _require_known_user(model_uri, args.user, Path(folder) / "ids")
         try:
-            recommender = mlflow.pyfunc.load_model(model_uri, dst_path=folder)
+            recommender = mlflow.pyfunc.load_model(model_uri, dst_path=str(Path(folder) / "model"))
             top = recommender.predict(pd.DataFrame({"user": [args.user], "n": [args.n]}))
         except MlflowException as exc:
             raise DeeprecError(str(exc.message).splitlines()[0]) from None

@@ -13,15 +13,16 @@ ratings, chosen by their own validation fold, combined without looking at the te
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from deeprec import datasets, experiment, metrics
-from deeprec.config import DEFAULT_FOLDS, TrainConfig, check_cv
+from deeprec import datasets, experiment, metrics, preparation
+from deeprec.config import DEFAULT_FOLDS, TrainConfig
 from deeprec.errors import DeeprecError
-from deeprec.splits import KFolds, Split, kfold_splits, make_split
+from deeprec.preparation import fold_splits
+from deeprec.splits import Split, make_split
 
 
 FoldEpochCallback = Callable[[int, dict], None]  # (fold index from 0, epoch record)
@@ -73,28 +74,6 @@ def ensemble_metrics(result: CVResult, dataset: datasets.Dataset, test_rows: np.
     return {f"ensemble_{k}": v for k, v in metrics.items()}
 
 
-class FoldSplits(Sequence[Split]):
-    """The K fold splits, each built when a fold is run (see splits.KFolds)."""
-
-    def __init__(self, name: str, seed: int, pairs: KFolds, test: np.ndarray) -> None:
-        self.name, self.seed, self.pairs, self.test = name, seed, pairs, test
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, fold: int) -> Split:  # type: ignore[override]
-        train, valid = self.pairs[fold]
-        return Split(f"{self.name}-fold{fold % len(self) + 1}of{len(self)}", self.seed, train, valid, self.test)
-
-
-def fold_splits(cfg: TrainConfig, dataset: datasets.Dataset, folds: int) -> tuple[Split, FoldSplits]:
-    """The base split (whose test part is held out) and K fold splits of its non-test ratings."""
-    check_cv(cfg, folds)
-    base = make_split(cfg.split, dataset.ratings.users)
-    pool = np.concatenate([base.train, base.valid])  # kfold_splits sorts it
-    return base, FoldSplits(cfg.split, cfg.seed, kfold_splits(dataset.ratings.users, folds, seed=cfg.seed, pool=pool), base.test)
-
-
 def run_fold(
     cfg: TrainConfig, dataset: datasets.Dataset, split: Split, fold: int, on_epoch: FoldEpochCallback | None = None, ensemble: bool = False
 ) -> FoldResult:
@@ -102,7 +81,7 @@ def run_fold(
     fold model's clipped predictions of the test ratings (unseen users/items: the fold's bias baseline)."""
     from deeprec.train import fit
 
-    prepared = experiment.prepare(cfg, dataset=dataset, split=split)
+    prepared = preparation.prepare(cfg, dataset=dataset, split=split)
     model, history = fit(cfg, prepared.data, on_epoch=None if on_epoch is None else (lambda record: on_epoch(fold, record)))
     valid = [h["valid_rmse"] for h in history]
     best = int(np.argmin(valid))
@@ -140,4 +119,4 @@ def refit(cfg: TrainConfig, epochs: int, dataset: datasets.Dataset | None = None
     empty = np.array([], dtype=np.int64)
     everything = Split(f"{cfg.split}-refit", base.seed, np.sort(np.concatenate([base.train, base.valid])), empty, base.test)
     refit_cfg = cfg.replace(epochs=epochs, patience=0)
-    return experiment.run(refit_cfg, experiment.prepare(refit_cfg, dataset=dataset, split=everything), on_epoch=on_epoch)
+    return experiment.run(refit_cfg, preparation.prepare(refit_cfg, dataset=dataset, split=everything), on_epoch=on_epoch)

@@ -22,61 +22,21 @@ import keras
 import numpy as np
 import pandas as pd
 
-from deeprec import datasets, features, metrics
+from deeprec import metrics
 from deeprec.config import TrainConfig
 from deeprec.errors import DeeprecError
 from deeprec.idmap import MISSING
-from deeprec.matrix import build_matrices, to_csr
+from deeprec.matrix import to_csr
 from deeprec.ratings import Ratings
-from deeprec.splits import Split, make_split
-from deeprec.train import TrainingData, compiled_forward, fit, predict_rows
+from deeprec.splits import Split
+from deeprec.preparation import Prepared, TrainingData, prepare
+from deeprec.train import compiled_forward, fit, predict_rows
 
 log = logging.getLogger(__name__)
 
 RANKING_K = 10
 RELEVANT_RATING = 4.0
 DENSE_RANKING_BYTES = 2 << 30  # item-major ranking needs the full prediction matrix; skip above this
-
-
-@dataclass(frozen=True)
-class Prepared:
-    dataset: datasets.Dataset
-    split: Split
-    data: TrainingData
-    groups: dict[str, np.ndarray] | None = None  # {label: raw user ids} of a grouped config, found when it is prepared
-
-
-def prepare(cfg: TrainConfig, dataset: datasets.Dataset | None = None, split: Split | None = None) -> Prepared:
-    """Load, split and build the matrices a config asks for (the expensive part).
-
-    A loaded `dataset` and a ready `split` (a CV fold, a refit on all non-test data) can be given
-    so that several trainings share one load. A grouped config prepared on its own split gets its
-    user groups here too, so that a group the data cannot make (more k-means clusters than users)
-    fails before a tracked run starts, not inside it.
-    """
-    if dataset is None:
-        dataset = datasets.load(datasets.get_spec(cfg.dataset))
-    own_split = split is None  # not a fold, a refit or a group's part of a split
-    if own_split:
-        split = make_split(cfg.split, dataset.ratings.users)
-    matrices = build_matrices(dataset.ratings, split, orientation=cfg.orientation, fill=cfg.fill)
-    side = None
-    if cfg.side_info != "none":
-        table = dataset.user_features() if cfg.side_info == "user" else dataset.item_features()
-        side = _scaled(features.align(table, matrices.users if cfg.side_info == "user" else matrices.items))
-    groups = None
-    if cfg.groups != "none" and own_split:
-        from deeprec.groups import user_groups
-
-        groups = user_groups(cfg.groups, dataset, split, cfg.seed)
-    return Prepared(dataset, split, TrainingData(matrices=matrices, scale=dataset.ratings.scale, side=side), groups)
-
-
-def _scaled(table: np.ndarray) -> np.ndarray:
-    """Min-max scale each feature column to [0, 1] (release years would otherwise dwarf the ratings)."""
-    low, high = table.min(axis=0), table.max(axis=0)
-    span = np.where(high > low, high - low, 1.0)
-    return ((table - low) / span).astype(np.float32)
 
 
 def index_pairs(prepared: Prepared, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -9,8 +9,10 @@ training can not leak into the training matrix.
 
 from __future__ import annotations
 
+import numbers
+import re
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -65,3 +67,22 @@ class IdMap:
         if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
             raise UnknownIdError(f"index out of range 0..{len(self) - 1}")
         return self._index.to_numpy()[indices]
+
+
+def stored_id(value: Any, integer_ids: bool) -> int | str | None:
+    """The stored form of a raw id sent as int or string, for a map whose ids are integers or not
+    (None when it cannot be one): what a served model and `deeprec recommend` look ids up by."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value) if integer_ids else str(int(value))
+    if isinstance(value, numbers.Real):  # pandas turns ints into floats beside missing values
+        value = float(value)
+        if not value.is_integer():
+            return None if integer_ids else str(value)
+        return int(value) if integer_ids else str(int(value))
+    if isinstance(value, str):
+        if not integer_ids:
+            return value
+        return int(value) if re.fullmatch(r"\s*[+-]?\d+\s*", value) else None
+    return None

@@ -38,7 +38,6 @@ import json
 import logging
 import math
 import numbers
-import re
 import tempfile
 from collections.abc import Callable
 from importlib import metadata
@@ -56,9 +55,11 @@ from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
+from deeprec.idmap import stored_id
+
 if TYPE_CHECKING:  # only for hints: serving needs neither the training data nor its code
     from deeprec.config import TrainConfig
-    from deeprec.experiment import Prepared
+    from deeprec.preparation import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -163,24 +164,6 @@ def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isnan(value))
 
 
-def _id_key(value: Any, integer_ids: bool) -> int | str | None:
-    """The stored form of a raw id sent as int or string (None when it cannot be one)."""
-    if isinstance(value, (bool, np.bool_)):
-        return None
-    if isinstance(value, numbers.Integral):
-        return int(value) if integer_ids else str(int(value))
-    if isinstance(value, numbers.Real):  # pandas turns ints into floats beside missing values
-        value = float(value)
-        if not value.is_integer():
-            return None if integer_ids else str(value)
-        return int(value) if integer_ids else str(int(value))
-    if isinstance(value, str):
-        if not integer_ids:
-            return value
-        return int(value) if re.fullmatch(r"\s*[+-]?\d+\s*", value) else None
-    return None
-
-
 def _shown(values: list) -> str:
     return ", ".join(repr(v) for v in values[:5]) + (", ..." if len(values) > 5 else "")
 
@@ -215,7 +198,7 @@ class Recommender(mlflow.pyfunc.PythonModel):
         self.titles_ = np.full(len(self.item_ids_), "", dtype=object)
         if "titles" in files:
             for raw, title in json.loads(Path(files["titles"]).read_text(encoding="utf-8")).items():
-                index = self.item_index_.get(_id_key(raw, self.integer_items_))
+                index = self.item_index_.get(stored_id(raw, self.integer_items_))
                 if index is not None:
                     self.titles_[index] = title
         # Which items each user rated in training (user-major whatever the model's orientation).
@@ -371,7 +354,7 @@ class Recommender(mlflow.pyfunc.PythonModel):
         for row, value in enumerate(column.tolist()):
             if _is_missing(value):
                 raise _bad(f"row {row}: `{kind}` is missing")
-            position = index.get(_id_key(value, integer))
+            position = index.get(stored_id(value, integer))
             if position is None:
                 unknown.append(value)
             else:
@@ -394,7 +377,7 @@ class Recommender(mlflow.pyfunc.PythonModel):
         for raw, rating in cell.items():
             if isinstance(rating, bool) or not isinstance(rating, numbers.Real) or not low <= float(rating) <= high:
                 raise _bad(f"row {row}: rating {rating!r} of item {raw!r} is not a number in the rating scale {low:g}..{high:g}")
-            index = self.item_index_.get(_id_key(raw, self.integer_items_))
+            index = self.item_index_.get(stored_id(raw, self.integer_items_))
             if index is None:
                 unknown.append(raw)
                 continue

@@ -74,8 +74,11 @@ def _strata(pool_users: np.ndarray, minimum: int) -> tuple[np.ndarray, np.ndarra
     return labels, splittable, int(((counts >= 2) & (counts < minimum)).sum()), int((counts == 1).sum())
 
 
-def stratified_holdout(pool: np.ndarray, users: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """Split the rating indices `pool` into (kept, held_out), stratified by user.
+def stratified_holdout(
+    pool: np.ndarray, users: np.ndarray, fraction: float, seed: int, part: str = "held-out"
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Split the rating indices `pool` into (kept, held_out), stratified by user; `part` names the
+    held-out share in the error when none can be held out.
 
     `users` is the user of every rating (indexed by rating index, not by pool position). The two
     arrays come back in scikit-learn's order (so the report's two-stage protocol chains exactly);
@@ -85,7 +88,7 @@ def stratified_holdout(pool: np.ndarray, users: np.ndarray, fraction: float, see
     pool = np.asarray(pool, dtype=np.int64)
     labels, splittable, n_pooled, n_single = _strata(users[pool], max(2, math.ceil(1.0 / fraction)))
     if splittable.sum() < 2:
-        raise DeeprecError(f"too few ratings to hold out a {fraction:.0%} share: no user has 2 or more")
+        raise DeeprecError(f"too few ratings to hold out a {fraction:.0%} {part} share: no user has 2 or more ratings in the {len(pool):,} it is taken from")
     kept, held_out = train_test_split(
         pool[splittable], test_size=fraction, stratify=labels[splittable], random_state=seed, shuffle=True
     )
@@ -105,8 +108,8 @@ def holdout_split(
 ) -> Split:
     """The report's protocol: test, then validation from the rest, both stratified by user."""
     everything = np.arange(len(users), dtype=np.int64)
-    rest, test, test_notes = stratified_holdout(everything, users, test_fraction, seed)
-    train, valid, valid_notes = stratified_holdout(rest, users, valid_fraction, seed)
+    rest, test, test_notes = stratified_holdout(everything, users, test_fraction, seed, part="test")
+    train, valid, valid_notes = stratified_holdout(rest, users, valid_fraction, seed, part="validation")
     return Split("holdout", seed, np.sort(train), np.sort(valid), np.sort(test), _notes(test=test_notes, validation=valid_notes))
 
 
@@ -123,7 +126,7 @@ def canonical_split(users: np.ndarray, name: str, seed: int = REPORT_SEED, valid
     fold = int(name[1:])
     test = np.arange((fold - 1) * CANONICAL_FOLD_SIZE, fold * CANONICAL_FOLD_SIZE, dtype=np.int64)
     base = np.setdiff1d(np.arange(n, dtype=np.int64), test)
-    train, valid, notes = stratified_holdout(base, users, valid_fraction, seed)
+    train, valid, notes = stratified_holdout(base, users, valid_fraction, seed, part="validation")
     return Split(name, seed, np.sort(train), np.sort(valid), test, _notes(validation=notes))
 
 

@@ -55,7 +55,7 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from deeprec import __version__, datasets, interrupts
+from deeprec import __version__, datasets, interrupts, preparation
 from deeprec.config import ConfigError, TrainConfig, check_cv, check_param_names, format_param, parse_bool, read_yaml_file
 from deeprec.errors import DeeprecError
 
@@ -267,6 +267,24 @@ def _run_job(job: Job, loaded: dict[str, datasets.Dataset] | None = None) -> str
     return f"{run_name}: {row.metric_key(experiment.metric)} {metric:.4f}, best epoch {best_epoch:.0f}, {(time.perf_counter() - started) / 60:.1f} min"
 
 
+def _check_rows_data(experiment: Experiment, name: str, dataset: datasets.Dataset, epochs: int | None) -> None:
+    """Every row on dataset `name` checked against it before the parent run exists (its split or CV
+    folds, side information, user groups), once per distinct need: a row the data cannot serve
+    would otherwise fail each of its runs, after TensorFlow has loaded."""
+    checked = set()
+    for row in experiment.rows:
+        cfg = experiment.config(row, 0, epochs)
+        folds = None if row.cv is None else row.cv.folds
+        need = (cfg.split, folds, cfg.side_info, cfg.groups)
+        if cfg.dataset != name or need in checked:
+            continue
+        try:
+            preparation.check_data(cfg, dataset, folds)
+        except DeeprecError as exc:
+            raise DeeprecError(f"{experiment.path}: row {row.name!r}: {exc}") from None
+        checked.add(need)
+
+
 def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: int | None = None, reuse: bool = True) -> dict:
     """Run every (row, seed) not already finished, copying those another sweep already trained
     (unless `reuse` is off or the sweep is a smoke sweep); return counts and the parent run id."""
@@ -295,6 +313,7 @@ def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: i
         loaded.clear()
         loaded[name] = datasets.load(datasets.get_spec(name))
         digests[name] = loaded[name].digest
+        _check_rows_data(experiment, name, loaded[name], epochs)
     if max_parallel > 1:
         loaded.clear()  # the workers read their own
     parent_id = _parent_run(experiment)

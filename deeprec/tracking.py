@@ -33,9 +33,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.types import ColSpec, Schema
 
-from deeprec import __version__, cv, datasets, experiment, interrupts, serve
+from deeprec import __version__, cv, datasets, experiment, interrupts, preparation, serve
 from deeprec.config import TrainConfig, format_param
 from deeprec.models import untie
+from deeprec.splits import Split
 from deeprec.train import TrainingDiverged, model_inputs
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class RatingsDataset(MetaDataset):
         return {**super().to_dict(), "profile": json.dumps(self.profile)}
 
 
-def dataset_input(prepared: experiment.Prepared) -> RatingsDataset:
+def dataset_input(prepared: preparation.Prepared) -> RatingsDataset:
     """The ratings as an MLflow dataset: name, our digest (MD5 of the ratings file), and the
     GroupLens URL as source for registered datasets (the local file for csv: datasets)."""
     ratings, spec = prepared.dataset.ratings, prepared.dataset.spec
@@ -158,7 +159,7 @@ def log_history(history: list[dict]) -> None:
         mlflow.log_artifact(str(path))
 
 
-def log_models(model: keras.Model, prepared: experiment.Prepared, cfg: TrainConfig) -> None:
+def log_models(model: keras.Model, prepared: preparation.Prepared, cfg: TrainConfig) -> None:
     """The Keras model (plain layers) with signature and example, and the pyfunc recommender.
 
     Ctrl-C or SIGTERM waits until both are written (a few seconds): MLflow marks a logged model
@@ -168,7 +169,7 @@ def log_models(model: keras.Model, prepared: experiment.Prepared, cfg: TrainConf
         _log_models(model, prepared, cfg)
 
 
-def _log_models(model, prepared: experiment.Prepared, cfg: TrainConfig) -> None:
+def _log_models(model, prepared: preparation.Prepared, cfg: TrainConfig) -> None:
     plain = untie(model, cfg)
     example = model_inputs(prepared.data, np.arange(min(2, prepared.data.train.shape[0])))
     signature = infer_signature(example, np.asarray(plain(example, training=False)))
@@ -217,17 +218,19 @@ def track_cv(
     tags: dict[str, str] | None = None,
     parent_run_id: str | None = None,
     dataset: datasets.Dataset | None = None,
+    prepared_folds: tuple[Split, preparation.FoldSplits] | None = None,
 ) -> tuple[str, cv.CVResult, dict[str, float]]:
     """One parent run (mean ± std over folds, per-fold metrics with step=fold, a fold plot) and one
     nested run per fold with its per-epoch curves; with `refit`, a nested "refit" run trained on
     all non-test ratings for the CV-chosen epochs and evaluated on the test split once; with
     `ensemble`, the fold models' average scored on the test split (`ensemble_*` on the parent).
     `tags` are added to the parent's (a sweep's row); `parent_run_id` nests it under that run;
-    `dataset` is cfg's dataset already loaded (else it is loaded here)."""
+    `dataset` is cfg's dataset already loaded (else it is loaded here); `prepared_folds`: its base split
+    and folds already made (preparation.check_data), else they are made here."""
     cfg.validate()
     if dataset is None:
         dataset = datasets.load(datasets.get_spec(cfg.dataset))
-    base, splits = cv.fold_splits(cfg, dataset, folds)
+    base, splits = prepared_folds or preparation.fold_splits(cfg, dataset, folds)
     results: list[cv.FoldResult] = []
     with mlflow.start_run(run_name=run_name or f"cv {folds} folds", parent_run_id=parent_run_id) as parent, killed_on_interrupt():
         log_config(cfg)
@@ -289,12 +292,13 @@ def tracked_refit(cfg: TrainConfig, epochs: int, dataset: datasets.Dataset, tags
 
 def train_tracked(
     cfg: TrainConfig, run_name: str | None = None, tags: dict[str, str] | None = None, nested: bool = False, parent_run_id: str | None = None,
-    dataset: datasets.Dataset | None = None,
+    dataset: datasets.Dataset | None = None, prepared: preparation.Prepared | None = None,
 ) -> RunResult:
     """Prepare data, train, evaluate and log one run; return its id, final metrics and history.
-    `dataset`: cfg's dataset already loaded (else it is loaded here)."""
+    `dataset`: cfg's dataset already loaded (else it is loaded here); `prepared`: cfg's data
+    already prepared (else it is prepared here)."""
     cfg.validate()
-    prepared = experiment.prepare(cfg, dataset=dataset)
+    prepared = prepared or preparation.prepare(cfg, dataset=dataset)
     with mlflow.start_run(run_name=run_name, nested=nested, parent_run_id=parent_run_id) as run, killed_on_interrupt():
         log_config(cfg)
         mlflow.set_tags(run_tags(cfg, prepared.dataset, tags))

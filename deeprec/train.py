@@ -18,7 +18,6 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -29,9 +28,9 @@ from deeprec import compiled, interrupts, sparse
 from deeprec.config import TrainConfig
 from deeprec.errors import DeeprecError
 from deeprec.losses import LOSSES
-from deeprec.matrix import RatingMatrix, SplitMatrices
 from deeprec.models import MODELS, l2_penalties, penalty_value
 from deeprec.optimizers import make_optimizer
+from deeprec.preparation import TrainingData
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +48,6 @@ def eval_block_rows(n_cols: int) -> int:
 
 class TrainingDiverged(DeeprecError):
     """The loss became NaN or infinite."""
-
-
-@dataclass(frozen=True)
-class TrainingData:
-    """What a model trains and is evaluated on: the split's matrices and optional side features."""
-
-    matrices: SplitMatrices
-    scale: tuple[float, float]
-    side: np.ndarray | None = None  # (n_rows, n_features) float32, aligned with the matrix rows
-
-    @property
-    def train(self) -> RatingMatrix:
-        return self.matrices.train
-
-    @property
-    def n_inputs(self) -> int:
-        return self.train.shape[1] + (0 if self.side is None else self.side.shape[1])
 
 
 EpochCallback = Callable[[dict], None]

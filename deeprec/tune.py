@@ -14,7 +14,7 @@ parsed and validated by TrainConfig; a sampled combination that is still invalid
 side_info=user with orientation=item) ends that trial FAILED with the reason, without training.
 
 Objective. The mean over `folds` folds of each fold's best validation RMSE (per rating), exactly as
-`deeprec cv` computes it (cv.fold_splits + cv.run_fold): the folds partition the non-test ratings
+`deeprec cv` computes it (preparation.fold_splits + cv.run_fold): the folds partition the non-test ratings
 and the test split is never touched while tuning. Lower is better.
 
 Pruning (`median`, `hyperband` or `none`). Fold k (from 0) owns the intermediate steps
@@ -94,6 +94,10 @@ Workers. With one worker the trials run in this process. With N > 1, N worker pr
 fork); each reads its spec as JSON on stdin (the storage URL may hold a password, which must not
 show in the process list), gives TensorFlow cores/N threads, and nests its trial runs under the
 parent by id. On Ctrl-C the workers are interrupted, so their trials end FAILED rather than stale.
+Resuming, the coordinator fails any stale trial (with its run) and queues again, once each, the
+values of every trial that was cut short rather than failed on its own account (`_retry_cut_short`),
+so that an interrupted study does not leave those values untried; the queued trials count towards
+`n_trials` like any other.
 
 Reproducibility. The TPE sampler is seeded from the config seed, the number of trials the study
 had at the start and the worker index (so a resumed study or a second worker does not replay the
@@ -127,7 +131,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from deeprec import __version__, cv, datasets, interrupts, tracking
+from deeprec import __version__, cv, datasets, interrupts, preparation, tracking
 from deeprec.config import ConfigError, TrainConfig, check_cv, format_param, parse_bool
 from deeprec.errors import DeeprecError
 from deeprec.search_space import SearchSpace, load_space, trial_config
@@ -153,6 +157,7 @@ TAG_REFIT_TRIAL = "refit_trial_number"  # parent-run tag: whose refit the refit_
 TAG_STALE_REFIT = "refit_stale"  # parent-run tag while the best trial has changed since the refit
 TAG_PRUNER = "pruner"  # trial runs: the rule they ran under; the parent: this invocation's
 TAG_OVERRIDDEN = "params_overridden"  # parent-run tag: params `mlflow run` logged that the study does not use
+RETRY_OF = "retry_of"  # trial user attr and run tag: the number of the cut-short trial whose values it runs again
 SEARCHED = "searched"  # the parent's param for a field the trials sample
 MIN_FAILURE_BUDGET = 5
 
@@ -240,7 +245,8 @@ class _Objective:
                     run_name=f"trial {trial.number}", experiment_id=self.spec.experiment_id, nested=True, parent_run_id=self.spec.parent_run_id,
                     tags={TAG_STUDY: self.spec.study_name, TAG_KIND: "tune-trial", "trial_number": str(trial.number),
                           "worker_pid": str(os.getpid()), "worker_host": socket.gethostname(),
-                          TAG_PRUNER: PrunerSettings(**self.spec.pruner).label()},
+                          TAG_PRUNER: PrunerSettings(**self.spec.pruner).label(),
+                          **({RETRY_OF: str(trial.user_attrs[RETRY_OF])} if RETRY_OF in trial.user_attrs else {})},
                 )
                 self.current_run_id = run.info.run_id
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
@@ -339,7 +345,7 @@ def run_worker(spec: WorkerSpec, dataset: datasets.Dataset | None = None) -> dic
     pruner = make_pruner(PrunerSettings(**spec.pruner), spec.folds, base.epochs)
     study = optuna.load_study(study_name=spec.study_name, storage=storage, sampler=optuna.samplers.TPESampler(seed=spec.sampler_seed), pruner=pruner)
     dataset = dataset or datasets.load(datasets.get_spec(base.dataset))
-    _, splits = cv.fold_splits(base, dataset, spec.folds)
+    _, splits = preparation.fold_splits(base, dataset, spec.folds)
     objective = _Objective(spec, base, space, dataset, splits)
     heartbeat = isinstance(storage, optuna.storages.RDBStorage)
     logging.getLogger(OPTUNA_TRIAL_LOGGER).addFilter(INTERRUPT_FILTER)
@@ -423,7 +429,7 @@ def run_study(cfg: TrainConfig, space: SearchSpace | None = None, options: TuneO
     storage_url = options.storage or default_storage()
     shown = display_storage(storage_url)
     dataset = dataset or datasets.load(datasets.get_spec(base.dataset))
-    cv.fold_splits(base, dataset, options.folds)  # too few ratings for the folds: fail before any study exists
+    preparation.check_data(base, dataset, options.folds)  # folds the data cannot fill, bad side information: fail before any study exists
 
     storage = open_storage(storage_url, options.heartbeat_interval, options.grace_period)
     if options.n_trials == 0:
@@ -434,7 +440,8 @@ def run_study(cfg: TrainConfig, space: SearchSpace | None = None, options: TuneO
     _check_setup(study, setup)
     trials = study.get_trials(deepcopy=False)
     existing = sum(t.state in FINISHED for t in trials)
-    baseline = len(trials)
+    # This invocation's trials: the new ones, and any queued retry an earlier invocation left.
+    baseline = min([t.number for t in trials if t.state == TrialState.WAITING] + [len(trials)])
     target = existing + options.n_trials
     log.info("study %s in %s: %d finished trials, running %d more with %d worker(s)", study_name, shown, existing, options.n_trials, options.n_workers)
 
@@ -442,6 +449,13 @@ def run_study(cfg: TrainConfig, space: SearchSpace | None = None, options: TuneO
     # Per invocation (a resumed study may use others): tags, which the next invocation overwrites.
     MlflowClient().log_batch(parent_id, tags=[RunTag(TAG_PRUNER, options.pruner.label()), RunTag("n_workers", str(options.n_workers))])
     experiment_id = MlflowClient().get_run(parent_id).info.experiment_id
+    if options.n_trials > 0:
+        # Trials of killed workers are failed now (where heartbeats tell), with their MLflow runs,
+        # so that their values are queued again below with those of interrupted trials.
+        marking = open_storage(storage_url, options.heartbeat_interval, options.grace_period, on_stale=_stale_run_marker(study_name, experiment_id))
+        with using_experimental_optuna_features():
+            optuna.storages.fail_stale_trials(optuna.load_study(study_name=study_name, storage=marking))
+        _retry_cut_short(study, study.get_trials(deepcopy=False))
     n_workers = max(1, min(options.n_workers, options.n_trials))
     from deeprec.train import usable_cores
 
@@ -490,6 +504,21 @@ def run_study(cfg: TrainConfig, space: SearchSpace | None = None, options: TuneO
         refit_run_id=refit_run_id, refit_metrics=refit_metrics, refit_error=refit_error,
         wall_seconds=time.perf_counter() - started, worker_exit_codes=exit_codes,
     )
+
+
+def _retry_cut_short(study: optuna.Study, trials: list[FrozenTrial]) -> list[int]:
+    """Queue, once each, the values of every failed trial that was cut short (Ctrl-C, SIGTERM, a
+    worker killed and failed as stale) rather than failed on its own account (those carry a
+    `failure` user attr: an invalid combination, a diverged loss), so that a resumed study runs
+    them first instead of leaving those values untried. Returns the trial numbers queued."""
+    retried = {t.user_attrs.get(RETRY_OF) for t in trials}
+    cut_short = [t for t in trials if t.state == TrialState.FAIL and t.params and "failure" not in t.user_attrs and t.number not in retried]
+    for trial in cut_short:
+        study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
+    if cut_short:
+        log.info("study %s: running again first the values of %d trial(s) cut short earlier: %s",
+                 study.study_name, len(cut_short), ", ".join(str(t.number) for t in cut_short))
+    return [t.number for t in cut_short]
 
 
 def _check_setup(study: optuna.Study, setup: dict[str, Any]) -> None:

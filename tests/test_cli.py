@@ -172,6 +172,41 @@ def test_bad_data_an_unknown_run_or_study_or_a_bad_space_is_named_before_tensorf
     assert mlflow.MlflowClient(tracking_uri).search_runs(["0"]) == []  # no sweep parent run left behind
 
 
+def test_data_a_config_cannot_use_is_named_before_tensorflow_loads(tmp_path: Path, rows: np.ndarray) -> None:
+    """A split or folds the ratings cannot fill, a broken side-information file, more k-means groups
+    than users: one line each, before TensorFlow's start-up lines and before any run exists."""
+    import mlflow
+
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    folder = write_ml1m(tmp_path / "data" / "ml-1m", rows)
+    users = (folder / "users.dat").read_text(encoding="latin-1").splitlines()
+    (folder / "users.dat").write_text("\n".join(users[:3] + ["4::F::25"] + users[4:]) + "\n", encoding="latin-1")
+    (tmp_path / "pair.csv").write_text("1,1,5\n1,2,4\n")  # one user, two ratings: one for test, none left to validate
+    (tmp_path / "few.csv").write_text("".join(f"{u},{i},{1 + (u + i) % 5}\n" for u in range(1, 4) for i in range(1, 4)))
+    (tmp_path / "groups.yaml").write_text("name: g\nbase: {dataset: ml-1m, epochs: 1}\nrows: [{name: ok}, {name: many, params: {groups: 'kmeans:41'}}]\n")
+    (tmp_path / "sides.yaml").write_text("name: s\nbase: {dataset: ml-1m}\nrows: [{name: side, params: {side_info: user, orientation: user}, cv: {folds: 2}}]\n")
+    broken = "users.dat, line 4: expected 5 fields separated by '::', got 3"
+    cases = [
+        (["train", "--dataset", "csv:pair.csv?scale=1,5"], "too few ratings to hold out a 10% validation share: no user has 2 or more ratings in the 1 it"),
+        (["train", "--dataset", "ml-1m", "--side_info", "user", "--orientation", "user"], broken),
+        (["train", "--dataset", "ml-1m", "--groups", "kmeans:41"], "groups: kmeans:41 needs at least 41 users, the training data has 40"),
+        (["cv", "--dataset", "csv:few.csv?scale=1,5", "--folds", "10"], "too few ratings for 10 folds"),
+        (["cv", "--dataset", "ml-1m", "--side_info", "user", "--orientation", "user", "--folds", "2"], broken),
+        (["tune", "--dataset", "ml-1m", "--side_info", "user", "--orientation", "user", "--folds", "2", "--n-trials", "1"], broken),
+        (["sweep", "groups.yaml"], "groups.yaml: row 'many': groups: kmeans:41 needs at least 41 users"),
+        (["sweep", "sides.yaml"], "sides.yaml: row 'side': /"),  # then the path of the broken users.dat
+    ]
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "DEEPREC_DATA_DIR": str(tmp_path / "data")}
+    for args, message in cases:
+        result = subprocess.run([sys.executable, "-c", CLI_WITHOUT_TENSORFLOW, *args], capture_output=True, text=True, cwd=tmp_path,
+                                env=environment, timeout=120)
+        assert result.returncode == 2, (args, result.returncode, result.stderr[-500:])
+        line = result.stderr.strip().splitlines()[-1]  # after "rating scale inferred" and the like
+        assert line.startswith("deeprec: error: ") and message in line, (args, line)
+    client = mlflow.MlflowClient(tracking_uri)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []  # no run, no sweep parent
+
+
 def test_stores_and_experiments_that_cannot_take_runs_fail_in_one_line_before_the_data_is_read(tmp_path: Path, rows: np.ndarray,
                                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow

@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import synthetic_ratings, write_ml1m
-from deeprec import cv, datasets
+from deeprec import cv, datasets, preparation
 from deeprec.config import TrainConfig
 from deeprec.errors import DeeprecError
 
@@ -29,21 +29,21 @@ TINY = dict(orientation="user", arch="6", epochs=2, batch_size=8, patience=0)
 def test_folds_partition_the_non_test_ratings(workspace: Path) -> None:
     cfg = TrainConfig(**TINY).validate()
     dataset = datasets.load(datasets.get_spec("ml-1m"))
-    base, folds = cv.fold_splits(cfg, dataset, 3)
+    base, folds = preparation.fold_splits(cfg, dataset, 3)
     pool = np.sort(np.concatenate([base.train, base.valid]))
     np.testing.assert_array_equal(np.sort(np.concatenate([f.valid for f in folds])), pool)
     for fold in folds:
         np.testing.assert_array_equal(fold.test, base.test)  # the test split is set aside, untouched
         assert not np.intersect1d(fold.train, base.test).size and not np.intersect1d(fold.valid, base.test).size
         np.testing.assert_array_equal(np.sort(np.concatenate([fold.train, fold.valid])), pool)
-    _, again = cv.fold_splits(cfg, dataset, 3)
+    _, again = preparation.fold_splits(cfg, dataset, 3)
     assert all(np.array_equal(a.valid, b.valid) for a, b in zip(folds, again))  # same seed, same folds
-    _, other = cv.fold_splits(cfg.replace(seed=7), dataset, 3)
+    _, other = preparation.fold_splits(cfg.replace(seed=7), dataset, 3)
     assert not np.array_equal(folds[0].valid, other[0].valid)
     with pytest.raises(DeeprecError, match="folds: need at least 2"):
-        cv.fold_splits(cfg, dataset, 1)
+        preparation.fold_splits(cfg, dataset, 1)
     with pytest.raises(DeeprecError, match="folds: at most 100"):
-        cv.fold_splits(cfg, dataset, 100_000)
+        preparation.fold_splits(cfg, dataset, 100_000)
 
 
 def test_aggregation_against_hand_computed_values() -> None:
@@ -92,7 +92,7 @@ def test_refit_trains_on_every_non_test_rating(workspace: Path) -> None:
     dataset = datasets.load(datasets.get_spec("ml-1m"))
     outcome = cv.refit(cfg, epochs=3, dataset=dataset)
     assert [h["epoch"] for h in outcome.history] == [1, 2, 3]  # no early stopping without validation
-    base, _ = cv.fold_splits(cfg, dataset, 2)
+    base, _ = preparation.fold_splits(cfg, dataset, 2)
     assert outcome.metrics["test_ratings"] == len(base.test)
 
 
@@ -101,7 +101,7 @@ def test_fold_ensemble_scores_the_mean_of_the_fold_models(workspace: Path) -> No
 
     cfg = TrainConfig(**{**TINY, "epochs": 20, "lr": 0.02}).validate()  # trained enough to predict inside the scale
     dataset = datasets.load(datasets.get_spec(cfg.dataset))
-    base, _ = cv.fold_splits(cfg, dataset, 3)
+    base, _ = preparation.fold_splits(cfg, dataset, 3)
     result = cv.cross_validate(cfg, folds=3, dataset=dataset, ensemble=True)
     scale = dataset.ratings.scale
     truth = dataset.ratings.values[base.test]

@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import synthetic_ratings, write_ml1m
-from deeprec import cv, datasets, experiment, tracking
+from deeprec import datasets, experiment, preparation, tracking
 from deeprec.config import TrainConfig
 from deeprec.errors import DeeprecError
 from deeprec.groups import user_groups
@@ -49,7 +49,7 @@ def test_kmeans_groups_partition_the_training_users(workspace: Path) -> None:
 
 def test_grouped_run_is_evaluated_overall_and_per_group(workspace: Path) -> None:
     cfg = TrainConfig(groups="kmeans:2", **TINY).validate()
-    prepared = experiment.prepare(cfg)
+    prepared = preparation.prepare(cfg)
     outcome = experiment.run(cfg, prepared)
     m = outcome.metrics
     assert m["groups_trained"] == 2
@@ -74,7 +74,7 @@ def test_tracked_grouped_run_has_curves_per_group(workspace: Path) -> None:
 def test_cv_refuses_groups(workspace: Path) -> None:
     cfg = TrainConfig(groups="kmeans:2", **TINY).validate()
     with pytest.raises(DeeprecError, match="groups: cross-validation and tuning"):
-        cv.fold_splits(cfg, datasets.load(datasets.get_spec("ml-1m")), 2)
+        preparation.fold_splits(cfg, datasets.load(datasets.get_spec("ml-1m")), 2)
 
 
 def test_groups_the_data_cannot_make_fail_before_a_run_starts(workspace: Path) -> None:
@@ -82,5 +82,5 @@ def test_groups_the_data_cannot_make_fail_before_a_run_starts(workspace: Path) -
     with pytest.raises(DeeprecError, match="groups: kmeans:50 needs at least 50 users, the training data has 42"):
         tracking.train_tracked(cfg)
     assert MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()]) == []
-    prepared = experiment.prepare(TrainConfig(groups="kmeans:2", **TINY).validate())
+    prepared = preparation.prepare(TrainConfig(groups="kmeans:2", **TINY).validate())
     assert sorted(prepared.groups) == ["cluster-1", "cluster-2"]  # found once, used by the run

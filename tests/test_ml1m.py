@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_ML1M
-from deeprec import datasets
+from deeprec import datasets, preparation
 from deeprec.cli import main
 from deeprec.matrix import build_matrices
 from deeprec.splits import holdout_split
@@ -70,7 +70,7 @@ def test_two_epochs_of_i_autorec_and_the_baselines(ml1m: datasets.Dataset, monke
 
     monkeypatch.setenv("DEEPREC_DATA_DIR", str(SHARED_ML1M.parent))
     cfg = TrainConfig(epochs=2, patience=0).validate()  # the default: I-AutoRec 500
-    outcome = experiment.run(cfg, experiment.prepare(cfg))
+    outcome = experiment.run(cfg, preparation.prepare(cfg))
     m = outcome.metrics
     assert m["test_ratings"] == 100_021 and m["test_unseen"] == 15  # every test rating is scored
     assert 0.85 < m["baseline_user_item_bias_rmse"] < 0.95

@@ -26,7 +26,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from conftest import synthetic_ratings, write_ml1m
-from deeprec import datasets, experiment, features, serve, train
+from deeprec import datasets, features, preparation, serve, train
 from deeprec.config import TrainConfig
 
 # The three logged models cover the per-row, per-column and constant fills and side features in
@@ -44,7 +44,7 @@ SERVER_START_S = 90
 @dataclass(frozen=True)
 class Logged:
     cfg: TrainConfig
-    prepared: experiment.Prepared
+    prepared: preparation.Prepared
     keras_model: keras.Model
     pyfunc: mlflow.pyfunc.PyFuncModel
     uri: str
@@ -78,7 +78,7 @@ def logged_models(tracking) -> dict[str, Logged]:
     out = {}
     for key, overrides in SETUPS.items():
         cfg = TrainConfig(dataset="ml-1m", arch="8", batch_size=16, patience=0, **overrides).validate()
-        prepared = experiment.prepare(cfg)
+        prepared = preparation.prepare(cfg)
         model, _ = train.fit(cfg, prepared.data)
         with mlflow.start_run(run_name=key) as run:
             serve.log_recommender(model, prepared, cfg, name="recommender")
@@ -249,7 +249,7 @@ def test_string_ids_without_titles(tracking) -> None:
     path = root / "strings.csv"
     path.write_text("user,item,rating\n" + "".join(f"u{u},m{i},{r}\n" for u, i, r, _ in rows), encoding="utf-8")
     cfg = TrainConfig(dataset=f"csv:{path}", epochs=1, arch="4", orientation="user", batch_size=16, patience=0).validate()
-    prepared = experiment.prepare(cfg)
+    prepared = preparation.prepare(cfg)
     model, _ = train.fit(cfg, prepared.data)
     with mlflow.start_run(run_name="strings"):
         serve.log_recommender(model, prepared, cfg)

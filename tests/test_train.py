@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import synthetic_ratings, write_ml1m
-from deeprec import experiment
+from deeprec import preparation
 from deeprec.config import TrainConfig
 from deeprec.losses import masked_mse, masked_row_mse
 from deeprec.matrix import NAMED_FILLS, build_matrices
@@ -24,14 +24,14 @@ from deeprec.train import BestWeights, TrainingData, TrainingDiverged, cpu_has_n
 
 
 @pytest.fixture(scope="module")
-def tiny_prepared(tmp_path_factory) -> dict[str, experiment.Prepared]:
+def tiny_prepared(tmp_path_factory) -> dict[str, preparation.Prepared]:
     """ML-1M-format files with 30 users x 20 items, prepared once per orientation and fill."""
     folder = tmp_path_factory.mktemp("data")
     write_ml1m(folder / "ml-1m", synthetic_ratings(n_users=30, n_items=20, per_user=(10, 16), seed=1))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DEEPREC_DATA_DIR", str(folder))
         return {
-            (orientation, fill, side): experiment.prepare(TrainConfig(orientation=orientation, fill=fill, side_info=side).validate())
+            (orientation, fill, side): preparation.prepare(TrainConfig(orientation=orientation, fill=fill, side_info=side).validate())
             for orientation, side in (("user", "none"), ("user", "user"), ("item", "item"))
             for fill in ("zero", "3", *NAMED_FILLS[1:])
         }
@@ -118,7 +118,7 @@ def test_row_loss_trains_differently_from_the_rating_loss(tmp_path: Path, monkey
     write_ml1m(tmp_path / "ml-1m", synthetic_ratings(n_users=40, n_items=20, per_user=(3, 20), seed=2))
     monkeypatch.setenv("DEEPREC_DATA_DIR", str(tmp_path))
     base = TrainConfig(orientation="user", arch="6", epochs=5, batch_size=8, patience=0, lr=0.02).validate()
-    prepared = experiment.prepare(base)
+    prepared = preparation.prepare(base)
     _, by_rating = fit(base, prepared.data)
     _, by_row = fit(base.replace(loss="row"), prepared.data)
     assert by_row[0]["train_loss"] != pytest.approx(by_rating[0]["train_loss"], rel=1e-3)

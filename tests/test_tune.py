@@ -254,6 +254,25 @@ class FakeTrial:
         return self.prune_from_step is not None and step >= self.prune_from_step
 
 
+def test_trials_cut_short_are_queued_again_once_and_trials_failed_for_a_reason_are_not() -> None:
+    from optuna.distributions import FloatDistribution
+
+    from deeprec.tune import _retry_cut_short
+
+    study = optuna.create_study()
+    space = {"x": FloatDistribution(0.0, 1.0)}
+    for x, state, attrs in [(0.1, TrialState.COMPLETE, {}), (0.2, TrialState.FAIL, {"failure": "invalid combination"}),
+                            (0.3, TrialState.FAIL, {}), (0.4, TrialState.FAIL, {}), (0.4, TrialState.COMPLETE, {"retry_of": 3})]:
+        study.add_trial(optuna.trial.create_trial(params={"x": x}, distributions=space, state=state, user_attrs=attrs,
+                                                  value=1.0 if state == TrialState.COMPLETE else None))
+    assert _retry_cut_short(study, study.get_trials()) == [2]  # 1 failed on its own account, 3 was retried already
+    (queued,) = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+    assert queued.user_attrs == {"retry_of": 2}
+    assert _retry_cut_short(study, study.get_trials()) == []  # queued once only
+    study.optimize(lambda trial: trial.suggest_float("x", 0.0, 1.0), n_trials=1)
+    assert study.trials[queued.number].params == {"x": 0.3}
+
+
 def test_reporter_steps_grow_through_epochs_and_fold_checks() -> None:
     trial = FakeTrial()
     seen: list[int] = []

@@ -1,0 +1,140 @@
+"""The data a config trains on: its split (or CV folds), matrices, side features and user groups.
+
+Nothing here imports TensorFlow, on purpose: `train`, `cv`, `tune` and `sweep` prepare (or check)
+their data before TensorFlow loads, so that data the config cannot use is a one-line error before
+TensorFlow's start-up lines and minutes of import, not after them: a split or folds the ratings
+cannot fill, a malformed or missing side-information file, more k-means groups than users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from deeprec import datasets, features
+from deeprec.config import TrainConfig, check_cv
+from deeprec.errors import DeeprecError
+from deeprec.matrix import RatingMatrix, SplitMatrices, build_matrices
+from deeprec.splits import KFolds, Split, kfold_splits, make_split
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What a model trains and is evaluated on: the split's matrices and optional side features."""
+
+    matrices: SplitMatrices
+    scale: tuple[float, float]
+    side: np.ndarray | None = None  # (n_rows, n_features) float32, aligned with the matrix rows
+
+    @property
+    def train(self) -> RatingMatrix:
+        return self.matrices.train
+
+    @property
+    def n_inputs(self) -> int:
+        return self.train.shape[1] + (0 if self.side is None else self.side.shape[1])
+
+
+@dataclass(frozen=True)
+class Prepared:
+    dataset: datasets.Dataset
+    split: Split
+    data: TrainingData
+    groups: dict[str, np.ndarray] | None = None  # {label: raw user ids} of a grouped config, found when it is prepared
+
+
+def side_table(cfg: TrainConfig, dataset: datasets.Dataset) -> pd.DataFrame | None:
+    """The side-information table `cfg.side_info` asks for (read and validated), or None."""
+    if cfg.side_info == "none":
+        return None
+    return dataset.user_features() if cfg.side_info == "user" else dataset.item_features()
+
+
+def own_split(cfg: TrainConfig, dataset: datasets.Dataset) -> Split:
+    """`cfg.split` of the dataset, refused when it leaves no validation or no test rating: early
+    stopping, the model kept and the test metrics would then rest on nothing."""
+    split = make_split(cfg.split, dataset.ratings.users)
+    for part in ("valid", "test"):
+        if len(getattr(split, part)) == 0:
+            what = "validation" if part == "valid" else "test"
+            raise DeeprecError(
+                f"split {cfg.split} leaves no {what} rating in {dataset.spec.name} ({len(dataset.ratings.users):,} ratings): "
+                f"too few ratings per user to hold any out"
+            )
+    return split
+
+
+def prepare(cfg: TrainConfig, dataset: datasets.Dataset | None = None, split: Split | None = None) -> Prepared:
+    """Load, split and build the matrices a config asks for (the expensive part).
+
+    A loaded `dataset` and a ready `split` (a CV fold, a refit on all non-test data) can be given
+    so that several trainings share one load. A grouped config prepared on its own split gets its
+    user groups here too, so that a group the data cannot make (more k-means clusters than users)
+    fails before a tracked run starts, not inside it.
+    """
+    if dataset is None:
+        dataset = datasets.load(datasets.get_spec(cfg.dataset))
+    is_own_split = split is None  # not a fold, a refit or a group's part of a split
+    if split is None:
+        split = own_split(cfg, dataset)
+    table = side_table(cfg, dataset)  # before the matrices: a bad side file fails fast
+    matrices = build_matrices(dataset.ratings, split, orientation=cfg.orientation, fill=cfg.fill)
+    side = None
+    if table is not None:
+        side = _scaled(features.align(table, matrices.users if cfg.side_info == "user" else matrices.items))
+    groups = None
+    if cfg.groups != "none" and is_own_split:
+        from deeprec.groups import user_groups
+
+        groups = user_groups(cfg.groups, dataset, split, cfg.seed)
+    return Prepared(dataset, split, TrainingData(matrices=matrices, scale=dataset.ratings.scale, side=side), groups)
+
+
+def _scaled(table: np.ndarray) -> np.ndarray:
+    """Min-max scale each feature column to [0, 1] (release years would otherwise dwarf the ratings)."""
+    low, high = table.min(axis=0), table.max(axis=0)
+    span = np.where(high > low, high - low, 1.0)
+    return ((table - low) / span).astype(np.float32)
+
+
+class FoldSplits(Sequence[Split]):
+    """The K fold splits, each built when a fold is run (see splits.KFolds)."""
+
+    def __init__(self, name: str, seed: int, pairs: KFolds, test: np.ndarray) -> None:
+        self.name, self.seed, self.pairs, self.test = name, seed, pairs, test
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, fold: int) -> Split:  # type: ignore[override]
+        train, valid = self.pairs[fold]
+        return Split(f"{self.name}-fold{fold % len(self) + 1}of{len(self)}", self.seed, train, valid, self.test)
+
+
+def fold_splits(cfg: TrainConfig, dataset: datasets.Dataset, folds: int) -> tuple[Split, FoldSplits]:
+    """The base split (whose test part is held out) and K fold splits of its non-test ratings."""
+    check_cv(cfg, folds)
+    base = make_split(cfg.split, dataset.ratings.users)
+    if len(base.test) == 0:
+        raise DeeprecError(f"split {cfg.split} leaves no test rating in {dataset.spec.name} ({len(dataset.ratings.users):,} ratings)")
+    pool = np.concatenate([base.train, base.valid])  # kfold_splits sorts it
+    return base, FoldSplits(cfg.split, cfg.seed, kfold_splits(dataset.ratings.users, folds, seed=cfg.seed, pool=pool), base.test)
+
+
+def check_data(cfg: TrainConfig, dataset: datasets.Dataset, folds: int | None = None) -> tuple[Split, FoldSplits | None]:
+    """Refuse, in one line, data that `cfg` cannot train on, without building any matrix: its
+    split (with `folds`, its CV folds), its side-information file and its user groups. Returns
+    the split and the folds, for a caller that trains on them next (`deeprec cv`)."""
+    if folds is None:
+        split, splits = own_split(cfg, dataset), None
+    else:
+        split, splits = fold_splits(cfg, dataset, folds)
+    side_table(cfg, dataset)
+    if cfg.groups != "none":
+        from deeprec.groups import user_groups
+
+        user_groups(cfg.groups, dataset, split, cfg.seed)
+    return split, splits
