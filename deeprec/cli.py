@@ -407,9 +407,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     # An unusable --storage (unknown scheme, missing driver, unwritable journal) is one line too.
     storage_url = options.storage or study_storage.default_storage()
     storage = study_storage.open_storage(storage_url, heartbeat_interval=None, grace_period=None)
+    study_name = options.study_name or study_storage.default_study_name(base, space)
     if options.n_trials == 0:
-        study_storage.require_existing_study(storage, options.study_name or study_storage.default_study_name(base, space),
-                                             study_storage.display_storage(storage_url))
+        study_storage.require_existing_study(storage, study_name, study_storage.display_storage(storage_url))
+    # A study resumed with other options than it was created with (say --epochs) is refused here too.
+    study_storage.check_existing_setup(storage, study_name, study_storage.study_setup(base, args.folds, space))
     preparation.check_data(base, dataset, args.folds)  # folds the ratings cannot fill, bad side information: one line too
     from deeprec import tune  # heavy: imported only once the config, options, space, store, data and storage are good
 
@@ -486,7 +488,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             recommender = mlflow.pyfunc.load_model(model_uri, dst_path=str(Path(folder) / "model"))
             top = recommender.predict(pd.DataFrame({"user": [args.user], "n": [args.n]}))
         except MlflowException as exc:
-            raise DeeprecError(str(exc.message).splitlines()[0]) from None
+            raise DeeprecError(tracking_store.hide_password(str(exc.message).splitlines()[0], mlflow.get_tracking_uri())) from None
     if args.json:
         print(top.to_json(orient="records"))
         return 0

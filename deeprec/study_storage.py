@@ -1,19 +1,22 @@
-"""Where Optuna studies live: the default storage, opening one, a study's default name, and
-finding an existing or finished study.
+"""Where Optuna studies live: the default storage, opening one, a study's default name and setup,
+and finding an existing or finished study.
 
 Kept apart from `deeprec.tune` because it needs Optuna and SQLAlchemy only, not TensorFlow:
-`deeprec replay-pruning` and `deeprec tune` with a wrong storage or study name answer in a second
-or two, in one line, before the tuning code (and TensorFlow) is imported.
+`deeprec replay-pruning` and `deeprec tune` with a wrong storage or study name, or a study resumed
+with other options than it was created with, answer in a second or two, in one line, before the
+tuning code (and TensorFlow) is imported.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import optuna
 import sqlalchemy
@@ -120,6 +123,38 @@ def require_existing_study(storage: optuna.storages.BaseStorage, study_name: str
     its setup early."""
     if study_name not in optuna.get_all_study_names(storage):
         raise DeeprecError(f"n-trials: 0 adds no trial to an existing study, and there is no study {study_name!r} in {shown_storage}")
+
+
+def study_setup(base: TrainConfig, folds: int, space: SearchSpace) -> dict[str, Any]:
+    """What a study is created with and must be resumed with: its base config, folds and search
+    space, as they read back from the storage (JSON)."""
+    return json.loads(json.dumps({"config": base.to_params(), "folds": folds, "space": space.to_dict()["params"]}))
+
+
+def check_setup(study: optuna.Study, setup: dict[str, Any], record: bool = False) -> None:
+    """A resumed study must have been created with the same config, folds and space: trials of
+    different setups are not comparable, and the sampler would learn from both. `record`: a study
+    that has no setup yet (a new one) is given this one."""
+    stored = study.user_attrs.get(SETUP_ATTR)
+    if stored is None:
+        if record:
+            study.set_user_attr(SETUP_ATTR, setup)
+        return
+    hint = f"resume study {study.study_name!r} with the options it was created with, or choose another --study-name"
+    if stored.get("folds") != setup["folds"]:
+        raise DeeprecError(f"folds: the study was created with {stored.get('folds')}, this command has {setup['folds']}; {hint}")
+    old_config = stored.get("config", {})
+    for key, value in setup["config"].items():
+        if old_config.get(key) != value:
+            raise DeeprecError(f"{key}: the study was created with {old_config.get(key)}, this command has {value}; {hint}")
+    if stored.get("space") != setup["space"]:
+        raise DeeprecError(f"search space: the study was created with {json.dumps(stored.get('space'))}, this command has {json.dumps(setup['space'])}; {hint}")
+
+
+def check_existing_setup(storage: optuna.storages.BaseStorage, study_name: str, setup: dict[str, Any]) -> None:
+    """`check_setup` for the study of that name, if the storage has one; nothing is written."""
+    if study_name in optuna.get_all_study_names(storage):
+        check_setup(optuna.load_study(study_name=study_name, storage=storage), setup)
 
 
 def load_finished_study(study_name: str, storage_url: str) -> optuna.Study:

@@ -40,6 +40,17 @@ def shown_uri(uri: str) -> str:
     return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)).geturl()
 
 
+def hide_password(text: str, uri: str) -> str:
+    """An error message with the URI's password hidden wherever the message quotes the URI (MLflow's
+    HTTP errors repeat the whole request URL), as typed or percent-decoded."""
+    password = urlparse(uri).password
+    if not password:
+        return text
+    for form in {password, unquote(password)}:
+        text = text.replace(f":{form}@", ":***@")
+    return text
+
+
 def local_store_path(uri: str) -> Path | None:
     """The file or folder of a local store (`sqlite:///PATH`, `file:PATH`, a bare path), else None."""
     parsed = urlparse(uri)
@@ -120,7 +131,7 @@ def check_store_usable(writes: bool = True) -> str:
     except DeeprecError:
         raise
     except Exception as exc:  # MlflowException, SQLAlchemy's errors, ModuleNotFoundError for a driver
-        raise DeeprecError(f"the MLflow tracking store {shown_uri(uri)} cannot be used: {_one_line(exc)}") from None
+        raise DeeprecError(f"the MLflow tracking store {shown_uri(uri)} cannot be used: {hide_password(_one_line(exc), uri)}") from None
     if writes and experiment is not None:
         _check_artifact_location(experiment.name, experiment.artifact_location)
     return uri

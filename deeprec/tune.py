@@ -138,12 +138,13 @@ from deeprec.search_space import SearchSpace, load_space, trial_config
 from deeprec.splits import Split
 from deeprec.pruning import TrialReporter, make_pruner
 from deeprec.study_storage import (
-    SETUP_ATTR,
+    check_setup,
     default_storage,
     default_study_name,
     display_storage,
     open_storage,
     require_existing_study,
+    study_setup,
     using_experimental_optuna_features,
 )
 from deeprec.tune_options import PrunerSettings, TuneOptions
@@ -436,8 +437,7 @@ def run_study(cfg: TrainConfig, space: SearchSpace | None = None, options: TuneO
         require_existing_study(storage, study_name, shown)
     # This process only creates (or finds) the study and reads it; the workers sample and prune.
     study = optuna.create_study(study_name=study_name, storage=storage, direction="minimize", load_if_exists=True)
-    setup = json.loads(json.dumps({"config": base.to_params(), "folds": options.folds, "space": space.to_dict()["params"]}))
-    _check_setup(study, setup)
+    check_setup(study, study_setup(base, options.folds, space), record=True)
     trials = study.get_trials(deepcopy=False)
     existing = sum(t.state in FINISHED for t in trials)
     # This invocation's trials: the new ones, and any queued retry an earlier invocation left.
@@ -519,24 +519,6 @@ def _retry_cut_short(study: optuna.Study, trials: list[FrozenTrial]) -> list[int
         log.info("study %s: running again first the values of %d trial(s) cut short earlier: %s",
                  study.study_name, len(cut_short), ", ".join(str(t.number) for t in cut_short))
     return [t.number for t in cut_short]
-
-
-def _check_setup(study: optuna.Study, setup: dict[str, Any]) -> None:
-    """A resumed study must have been created with the same config, folds and space: trials of
-    different setups are not comparable, and the sampler would learn from both."""
-    stored = study.user_attrs.get(SETUP_ATTR)
-    if stored is None:
-        study.set_user_attr(SETUP_ATTR, setup)
-        return
-    hint = f"resume study {study.study_name!r} with the options it was created with, or choose another --study-name"
-    if stored.get("folds") != setup["folds"]:
-        raise DeeprecError(f"folds: the study was created with {stored.get('folds')}, this command has {setup['folds']}; {hint}")
-    old_config = stored.get("config", {})
-    for key, value in setup["config"].items():
-        if old_config.get(key) != value:
-            raise DeeprecError(f"{key}: the study was created with {old_config.get(key)}, this command has {value}; {hint}")
-    if stored.get("space") != setup["space"]:
-        raise DeeprecError(f"search space: the study was created with {json.dumps(stored.get('space'))}, this command has {json.dumps(setup['space'])}; {hint}")
 
 
 def parent_params(base: TrainConfig, space: SearchSpace) -> dict[str, str]:

@@ -144,6 +144,14 @@ def test_bad_data_an_unknown_run_or_study_or_a_bad_space_is_named_before_tensorf
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.MlflowClient(tracking_uri).search_experiments()  # an existing store without the run
     optuna.create_study(study_name="other", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    from deeprec.config import TrainConfig
+    from deeprec.search_space import load_space
+    from deeprec.study_storage import SETUP_ATTR, study_setup
+
+    space = load_space(None)  # a study created with --epochs 7, resumed with the default
+    created = space.base_config(TrainConfig(dataset="csv:good.csv?scale=1,5", epochs=7).validate(), log_overrides=False)
+    resumed = optuna.create_study(study_name="resumed", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    resumed.set_user_attr(SETUP_ATTR, study_setup(created, 5, space))
     (tmp_path / "space.yaml").write_text("params:\n  dropout: [0.1, 1.5]\n")
     (tmp_path / "bad.csv").write_text("1,1,5\n1,2,x\n")
     (tmp_path / "twice.csv").write_text("1,1,5\n1,2,4\n1,1,3\n")
@@ -153,6 +161,8 @@ def test_bad_data_an_unknown_run_or_study_or_a_bad_space_is_named_before_tensorf
         (["sweep", "bad_sweep.yaml"], "bad.csv, line 2: rating 'x' is not a number"),  # before the parent run, too
         (["tune", "--dataset", "csv:bad.csv", "--n-trials", "1"], "bad.csv, line 2: rating 'x' is not a number"),
         (["tune", "--dataset", "csv:good.csv?scale=1,5", "--storage", "garbage://x", "--n-trials", "1"], "storage garbage://x: "),
+        (["tune", "--dataset", "csv:good.csv?scale=1,5", "--study-name", "resumed", "--n-trials", "1"],
+         f"epochs: the study was created with 7, this command has {TrainConfig().epochs}; resume study 'resumed' with the options it was created with"),
         (["tune", "--dataset", "csv:good.csv?scale=1,5", "--n-trials", "0"], "n-trials: 0 adds no trial to an existing study, and there is no study 'deeprec-csv-good-item-500'"),
         (["train", "--dataset", "csv:bad.csv"], "bad.csv, line 2: rating 'x' is not a number"),
         (["train", "--dataset", "csv:twice.csv"], "twice.csv, line 3: duplicate rating of item 1 by user 1 (first at line 1)"),
@@ -222,6 +232,7 @@ def test_stores_and_experiments_that_cannot_take_runs_fail_in_one_line_before_th
         ({"MLFLOW_TRACKING_URI": "sqlite:///junk.db"}, "sqlite:///junk.db cannot be used: DatabaseError: (sqlite3.DatabaseError) file is not a database"),
         ({"MLFLOW_TRACKING_URI": "sqlite:///folder.db"}, "sqlite:///folder.db cannot be used: folder.db is not a file"),  # not minutes of retries
         ({"MLFLOW_TRACKING_URI": "postgresql://me:secret@127.0.0.1:9/db"}, "postgresql://me:***@127.0.0.1:9/db cannot be used: "),
+        ({"MLFLOW_TRACKING_URI": "http://me:secret@127.0.0.1:9"}, "http://me:***@127.0.0.1:9 cannot be used: "),  # MLflow's message repeats the URL
         ({"MLFLOW_TRACKING_URI": good, "MLFLOW_EXPERIMENT_NAME": "gone"}, "experiment 'gone' (id 1) is deleted in"),
         ({"MLFLOW_TRACKING_URI": good, "MLFLOW_EXPERIMENT_ID": "987"}, "MLFLOW_EXPERIMENT_ID=987: no such experiment in the tracking store"),
         ({"MLFLOW_TRACKING_URI": good, "MLFLOW_EXPERIMENT_ID": "0", "MLFLOW_EXPERIMENT_NAME": "gone"},
