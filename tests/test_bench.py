@@ -72,6 +72,8 @@ def test_speed_quick_json_contract(tiny_ml1m: Path, capsys: pytest.CaptureFixtur
     for figures in result["models"].values():
         assert {"seconds_per_epoch", "reference_seconds_per_epoch", "speedup", "gflop_per_epoch", "efficiency"} <= set(figures)
         assert figures["speedup"] == pytest.approx(figures["reference_seconds_per_epoch"] / figures["seconds_per_epoch"], rel=0.05)
+        # efficiency against the higher of the process's two probes, never a slow moment's
+        assert figures["matmul_gflops"]["float32"] == max(figures["matmul_probes"]["float32"])
 
 
 def test_speed_rejects_an_unknown_dataset(tiny_ml1m: Path, capsys: pytest.CaptureFixture) -> None:
