@@ -16,7 +16,6 @@ import pandas as pd
 
 from deeprec import datasets, features
 from deeprec.config import TrainConfig, check_cv
-from deeprec.errors import DeeprecError
 from deeprec.matrix import RatingMatrix, SplitMatrices, build_matrices
 from deeprec.splits import KFolds, Split, kfold_splits, make_split
 
@@ -53,20 +52,6 @@ def side_table(cfg: TrainConfig, dataset: datasets.Dataset) -> pd.DataFrame | No
     return dataset.user_features() if cfg.side_info == "user" else dataset.item_features()
 
 
-def own_split(cfg: TrainConfig, dataset: datasets.Dataset) -> Split:
-    """`cfg.split` of the dataset, refused when it leaves no validation or no test rating: early
-    stopping, the model kept and the test metrics would then rest on nothing."""
-    split = make_split(cfg.split, dataset.ratings.users)
-    for part in ("valid", "test"):
-        if len(getattr(split, part)) == 0:
-            what = "validation" if part == "valid" else "test"
-            raise DeeprecError(
-                f"split {cfg.split} leaves no {what} rating in {dataset.spec.name} ({len(dataset.ratings.users):,} ratings): "
-                f"too few ratings per user to hold any out"
-            )
-    return split
-
-
 def prepare(cfg: TrainConfig, dataset: datasets.Dataset | None = None, split: Split | None = None) -> Prepared:
     """Load, split and build the matrices a config asks for (the expensive part).
 
@@ -79,7 +64,7 @@ def prepare(cfg: TrainConfig, dataset: datasets.Dataset | None = None, split: Sp
         dataset = datasets.load(datasets.get_spec(cfg.dataset))
     is_own_split = split is None  # not a fold, a refit or a group's part of a split
     if split is None:
-        split = own_split(cfg, dataset)
+        split = make_split(cfg.split, dataset.ratings.users)
     table = side_table(cfg, dataset)  # before the matrices: a bad side file fails fast
     matrices = build_matrices(dataset.ratings, split, orientation=cfg.orientation, fill=cfg.fill)
     side = None
@@ -118,8 +103,6 @@ def fold_splits(cfg: TrainConfig, dataset: datasets.Dataset, folds: int) -> tupl
     """The base split (whose test part is held out) and K fold splits of its non-test ratings."""
     check_cv(cfg, folds)
     base = make_split(cfg.split, dataset.ratings.users)
-    if len(base.test) == 0:
-        raise DeeprecError(f"split {cfg.split} leaves no test rating in {dataset.spec.name} ({len(dataset.ratings.users):,} ratings)")
     pool = np.concatenate([base.train, base.valid])  # kfold_splits sorts it
     return base, FoldSplits(cfg.split, cfg.seed, kfold_splits(dataset.ratings.users, folds, seed=cfg.seed, pool=pool), base.test)
 
@@ -129,7 +112,7 @@ def check_data(cfg: TrainConfig, dataset: datasets.Dataset, folds: int | None = 
     split (with `folds`, its CV folds), its side-information file and its user groups. Returns
     the split and the folds, for a caller that trains on them next (`deeprec cv`)."""
     if folds is None:
-        split, splits = own_split(cfg, dataset), None
+        split, splits = make_split(cfg.split, dataset.ratings.users), None
     else:
         split, splits = fold_splits(cfg, dataset, folds)
     side_table(cfg, dataset)
