@@ -350,6 +350,7 @@ def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: i
         threads = max(1, usable_cores() // max_parallel)
         context = multiprocessing.get_context("spawn")
         stop = context.Event()
+        started_ms = int(time.time() * 1000)
         pool = ProcessPoolExecutor(max_workers=max_parallel, mp_context=context, initializer=_init_worker, initargs=(threads, stop))
         try:
             futures = {pool.submit(_run_job, job): job for job in jobs}
@@ -364,7 +365,7 @@ def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: i
             # Ctrl-C, SIGTERM, or a row's unexpected error (not a DeeprecError): stop the other
             # workers too. Left running, they kept the sweep from exiting, since the interpreter
             # waits for the pool's jobs at exit.
-            _interrupt(pool, stop)
+            _interrupt(pool, stop, parent_id, started_ms)
             raise
         pool.shutdown()
     mlflow.start_run(run_id=parent_id)
@@ -380,8 +381,9 @@ def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: i
             "failed": len(failed), "skipped": len(experiment.rows) * seeds - len(jobs) - reused, "smoke": smoke}
 
 
-def _interrupt(pool: ProcessPoolExecutor, stop: Event) -> None:
-    """Stop a parallel sweep: no queued job starts, and each running one ends as a KILLED run."""
+def _interrupt(pool: ProcessPoolExecutor, stop: Event, parent_id: str, started_ms: int) -> None:
+    """Stop a parallel sweep: no queued job starts, and each running one ends as a KILLED run (its
+    worker ends it; after a second Ctrl-C, which kills the workers, the sweep does)."""
     stop.set()
     # The pool keeps its worker processes in a private mapping; there is no public way to reach them.
     workers = list((getattr(pool, "_processes", None) or {}).values())
@@ -394,11 +396,35 @@ def _interrupt(pool: ProcessPoolExecutor, stop: Event) -> None:
     except KeyboardInterrupt:
         # A second Ctrl-C or SIGTERM: stop now. Cut short, the shutdown left the pool's threads
         # waiting for workers that no longer answer, and the interpreter hung at exit joining them.
-        log.warning("sweep stopped at once: a worker's run may be left RUNNING")
         for process in workers:
             if process.is_alive():
                 process.kill()  # the pool's thread then finds them gone and ends, so the exit does not wait
+        ended = _end_runs_left_running(parent_id, started_ms)
+        log.warning("sweep stopped at once: the workers were killed%s", f"; {ended} run(s) they left RUNNING ended KILLED" if ended else "")
         raise
+
+
+def _end_runs_left_running(parent_id: str, since_ms: int) -> int:
+    """End KILLED, with the reason, the runs under the sweep's parent (rows, and a CV row's fold and
+    refit runs) that this invocation started and killed workers left RUNNING; return how many."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    ended, parents = 0, [parent_id]
+    try:
+        experiment_id = client.get_run(parent_id).info.experiment_id
+        while parents:
+            query = f"tags.`mlflow.parentRunId` = '{parents.pop()}' and attributes.start_time >= {since_ms}"
+            for run in client.search_runs([experiment_id], query):
+                parents.append(run.info.run_id)
+                if run.info.status == "RUNNING":
+                    client.set_tag(run.info.run_id, "failure", "interrupted by the user (the sweep was stopped at once)")
+                    client.set_terminated(run.info.run_id, "KILLED")
+                    ended += 1
+    except MlflowException as exc:  # stopping matters more than these statuses
+        log.warning("could not end the runs the killed workers left RUNNING: %s", exc)
+    return ended
 
 
 def _parent_run(experiment: Experiment) -> str:

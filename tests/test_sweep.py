@@ -363,6 +363,10 @@ def test_a_second_signal_stops_a_parallel_sweep_at_once(workspace: Path) -> None
     rest = sweep.stderr.read()
     assert sweep.wait(timeout=60) == 130, rest
     assert "sweep stopped at once" in rest and "Traceback" not in rest
+    # Whether a worker ended its run before it was killed or the sweep ended it, none is left RUNNING.
+    runs = client.search_runs(["0"], query)
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"KILLED"}, rest
+    assert all(r.data.tags["failure"].startswith("interrupted by the user") for r in runs)
 
 
 def test_parallel_sweep_workers_get_their_share_of_the_cores() -> None:
