@@ -269,3 +269,19 @@ def test_a_dataset_inserted_by_a_parallel_run_is_linked_not_fatal(monkeypatch: p
     monkeypatch.setattr(mlflow, "log_input", failing_log_input)
     with pytest.raises(MlflowException, match="read-only"):
         tracking.log_training_input(mlflow.data.from_numpy(np.zeros(3), name="tiny"))
+
+
+def test_cli_trains_what_it_prepared_before_tensorflow(workspace: Path, capsys: pytest.CaptureFixture) -> None:
+    """`deeprec train` prepares split, side features and groups before TensorFlow loads and trains
+    on exactly that: per-group models and side information come through the command line."""
+    from deeprec.cli import main
+
+    assert main(["train", "--epochs", "1", "--arch", "4", "--batch_size", "8", "--groups", "age-gender", "--json"]) == 0
+    grouped = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    trained = [key for key in grouped if key.startswith("group_") and key.endswith("_test_rmse")]
+    assert grouped["groups_trained"] == len(trained) >= 2
+    assert MlflowClient().get_run(grouped["run_id"]).data.tags["deeprec.models"] == "one model per group; none logged"
+    assert main(["train", "--epochs", "1", "--arch", "4", "--batch_size", "8", "--orientation", "user", "--side_info", "user", "--json"]) == 0
+    side = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    model = mlflow.keras.load_model(f"runs:/{side['run_id']}/model")
+    assert model.input_shape[-1] == 25 + 30  # the 25 items' ratings and the 30 one-hot user features
