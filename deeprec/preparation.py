@@ -65,16 +65,17 @@ def prepare(cfg: TrainConfig, dataset: datasets.Dataset | None = None, split: Sp
     is_own_split = split is None  # not a fold, a refit or a group's part of a split
     if split is None:
         split = make_split(cfg.split, dataset.ratings.users)
-    table = side_table(cfg, dataset)  # before the matrices: a bad side file fails fast
-    matrices = build_matrices(dataset.ratings, split, orientation=cfg.orientation, fill=cfg.fill)
-    side = None
-    if table is not None:
-        side = _scaled(features.align(table, matrices.users if cfg.side_info == "user" else matrices.items))
+    # The side file and the groups before the matrices: what the data cannot give fails fast.
+    table = side_table(cfg, dataset)
     groups = None
     if cfg.groups != "none" and is_own_split:
         from deeprec.groups import user_groups
 
         groups = user_groups(cfg.groups, dataset, split, cfg.seed)
+    matrices = build_matrices(dataset.ratings, split, orientation=cfg.orientation, fill=cfg.fill)
+    side = None
+    if table is not None:
+        side = _scaled(features.align(table, matrices.users if cfg.side_info == "user" else matrices.items))
     return Prepared(dataset, split, TrainingData(matrices=matrices, scale=dataset.ratings.scale, side=side), groups)
 
 
