@@ -2,7 +2,7 @@
 
 Nothing here imports TensorFlow, on purpose: `train`, `cv`, `tune` and `sweep` prepare (or check)
 their data before TensorFlow loads, so that data the config cannot use is a one-line error before
-TensorFlow's start-up lines and minutes of import, not after them: a split or folds the ratings
+TensorFlow's start-up lines and seconds of import, not after them: a split or folds the ratings
 cannot fill, a malformed or missing side-information file, more k-means groups than users.
 """
 
