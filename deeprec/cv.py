@@ -21,7 +21,6 @@ import numpy as np
 from deeprec import datasets, experiment, metrics, preparation
 from deeprec.config import DEFAULT_FOLDS, TrainConfig
 from deeprec.errors import DeeprecError
-from deeprec.preparation import fold_splits
 from deeprec.splits import Split, make_split
 
 
@@ -102,7 +101,7 @@ def cross_validate(
 ) -> CVResult:
     """Train every fold in turn; `on_fold` sees each result as soon as it is known."""
     dataset = dataset or datasets.load(datasets.get_spec(cfg.dataset))
-    _, splits = fold_splits(cfg, dataset, folds)
+    _, splits = preparation.fold_splits(cfg, dataset, folds)
     results = []
     for fold, split in enumerate(splits):
         result = run_fold(cfg, dataset, split, fold, on_epoch, ensemble=ensemble)

@@ -28,8 +28,8 @@ from deeprec.errors import DeeprecError
 from deeprec.idmap import MISSING
 from deeprec.matrix import to_csr
 from deeprec.ratings import Ratings
-from deeprec.splits import Split
 from deeprec.preparation import Prepared, TrainingData, prepare
+from deeprec.splits import Split
 from deeprec.train import compiled_forward, fit, predict_rows
 
 log = logging.getLogger(__name__)
