@@ -10,11 +10,13 @@ Protocols:
 - `kfold_splits`: K folds stratified by user (scikit-learn's `StratifiedKFold`), used for CV.
 
 Users too small to stratify (never a crash): stratifying by user needs each user to get at
-least one held-out rating, i.e. ceil(1/fraction) ratings in the pool being split (K for K folds).
-Smaller users with 2 or more ratings are stratified together as one pooled group; a user's only
-rating always stays in training (holding it out would make the user unknown to the model). Both
-counts are recorded in `Split.notes`. On ML-1M (every user has at least 20 ratings) no user is
-affected and the split is exactly scikit-learn's.
+least one held-out and one kept rating, i.e. ceil(1/fraction) and ceil(1/(1 - fraction)) ratings
+in the pool being split (K for K folds). Smaller users with 2 or more ratings are stratified
+together as one pooled group, each keeping one rating (drawn with the split's seed) in training;
+a user's only rating always stays in training. Holding out all of a user's ratings would make the
+user unknown to the model, so their held-out ratings could not be scored. Both counts are
+recorded in `Split.notes`. On ML-1M (every user has at least 20 ratings) no user is affected and
+the split is exactly scikit-learn's.
 """
 
 from __future__ import annotations
@@ -57,18 +59,25 @@ def _check_fraction(fraction: float, what: str) -> None:
         raise DeeprecError(f"{what} must be between 0 and 1 (exclusive), got {fraction}")
 
 
-def _strata(pool_users: np.ndarray, minimum: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+def _strata(pool_users: np.ndarray, minimum: int, seed: int) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Stratum label of every pooled rating, and which ratings can be held out at all.
 
     Users with at least `minimum` ratings are their own stratum. Users with 2..minimum-1 are
     pooled into one shared stratum (-1): alone they would get less than one held-out rating.
-    A user's only rating is never held out (it would make the user unknown to training).
+    Neither a user's only rating nor one rating of each pooled user (drawn with `seed`) is ever
+    held out: the shared stratum alone does not stop all of a small user's ratings being held out,
+    which would make the user unknown to training.
     Returns (labels, splittable mask, pooled user count, single-rating user count).
     """
     _, inverse, counts = np.unique(pool_users, return_inverse=True, return_counts=True)
     per_rating = counts[inverse]
     labels = np.where(per_rating >= minimum, inverse, -1)
     splittable = per_rating >= 2
+    pooled = np.flatnonzero(splittable & (labels == -1))
+    if len(pooled):
+        by_user = pooled[np.lexsort((np.random.default_rng(seed).random(len(pooled)), inverse[pooled]))]
+        first_of_user = np.r_[True, inverse[by_user][1:] != inverse[by_user][:-1]]
+        splittable[by_user[first_of_user]] = False
     if (labels[splittable] == -1).sum() < 2:  # a pooled stratum of one rating cannot be split
         splittable &= labels != -1
     return labels, splittable, int(((counts >= 2) & (counts < minimum)).sum()), int((counts == 1).sum())
@@ -86,7 +95,9 @@ def stratified_holdout(
     """
     _check_fraction(fraction, "the held-out fraction")
     pool = np.asarray(pool, dtype=np.int64)
-    labels, splittable, n_pooled, n_single = _strata(users[pool], max(2, math.ceil(1.0 / fraction)))
+    # Each user of its own stratum needs a held-out and a kept rating (scikit-learn's condition).
+    minimum = max(2, math.ceil(1.0 / fraction), math.ceil(1.0 / (1.0 - fraction)))
+    labels, splittable, n_pooled, n_single = _strata(users[pool], minimum, seed)
     if splittable.sum() < 2:
         raise DeeprecError(f"too few ratings to hold out a {fraction:.0%} {part} share: no user has 2 or more ratings in the {len(pool):,} it is taken from")
     kept, held_out = train_test_split(
@@ -94,7 +105,7 @@ def stratified_holdout(
     )
     notes = []
     if n_pooled:
-        notes.append(f"{n_pooled} user(s) with fewer than {math.ceil(1.0 / fraction)} ratings stratified together as one group")
+        notes.append(f"{n_pooled} user(s) with fewer than {minimum} ratings stratified together as one group, each keeping one rating in training")
     if n_single:
         notes.append(f"{n_single} user(s) with a single rating kept in training")
     return np.concatenate([kept, pool[~splittable]]), np.asarray(held_out, dtype=np.int64), tuple(notes)
@@ -172,13 +183,14 @@ def kfold_splits(users: np.ndarray, k: int, seed: int, pool: np.ndarray | None =
 
     Each pooled rating is in exactly one validation fold, except where a user is too small to
     stratify: users with 2 to K-1 pooled ratings are stratified together as one group (validated
-    when that group holds at least K ratings), and a user's only rating stays in training in every
-    fold. Both arrays of a pair are sorted.
+    when that group holds at least K ratings), each keeping one rating (drawn with `seed`) in
+    training in every fold, and a user's only rating stays in training in every fold. Both arrays
+    of a pair are sorted.
     """
     if k < 2:
         raise DeeprecError(f"k-fold needs at least 2 folds, got {k}")
     pool = np.arange(len(users), dtype=np.int64) if pool is None else np.sort(np.asarray(pool, dtype=np.int64))
-    labels, splittable, _, _ = _strata(users[pool], k)
+    labels, splittable, _, _ = _strata(users[pool], k, seed)
     if (labels[splittable] == -1).sum() < k:  # the pooled group too must reach every fold
         splittable &= labels != -1
     if splittable.sum() < k:

@@ -8,7 +8,7 @@ from sklearn.model_selection import train_test_split
 
 from conftest import synthetic_ratings
 from deeprec.errors import DeeprecError
-from deeprec.splits import REPORT_SEED, canonical_split, describe_split, holdout_split, kfold_splits, make_split
+from deeprec.splits import REPORT_SEED, canonical_split, describe_split, holdout_split, kfold_splits, make_split, stratified_holdout
 
 
 @pytest.fixture
@@ -68,6 +68,32 @@ def test_users_too_small_to_stratify_are_pooled_or_kept_in_train() -> None:
     assert np.all(in_test == 3)  # big users still exactly stratified: 10% of 30
 
 
+def _users_without_training(users: np.ndarray, train: np.ndarray, held_out: np.ndarray) -> set[int]:
+    return set(users[held_out].tolist()) - set(users[train].tolist())
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_pooled_users_always_keep_a_rating_in_training(seed: int) -> None:
+    """A 2-rating user in the pooled stratum could lose both ratings to test (or one to test and
+    one to validation), and then be unknown to the model its held-out ratings are scored on."""
+    users = np.concatenate([np.repeat(np.arange(50), 20), np.repeat(np.arange(100, 130), 2), np.repeat(np.arange(200, 220), 3)])
+    split = holdout_split(users, seed=seed)
+    assert not _users_without_training(users, split.train, np.concatenate([split.valid, split.test]))
+    small = users >= 100
+    assert np.isin(np.flatnonzero(small), split.test).sum() > 0  # the pooled users are still held out from
+    assert len(split.train) + len(split.valid) + len(split.test) == len(users)
+    again = holdout_split(users, seed=seed)  # the kept rating is drawn with the seed
+    assert all(np.array_equal(getattr(again, part), getattr(split, part)) for part in ("train", "valid", "test"))
+
+
+def test_a_held_out_share_over_half_keeps_a_rating_of_every_user() -> None:
+    users = np.repeat(np.arange(20), 2)  # 60% of 2 ratings: less than one kept rating per user
+    kept, held_out, notes = stratified_holdout(np.arange(len(users)), users, 0.6, seed=0)
+    assert set(users[kept].tolist()) == set(range(20))
+    assert len(kept) + len(held_out) == len(users) and len(held_out) == 12  # 60% of the 20 ratings not kept
+    assert any("20 user(s) with fewer than 3 ratings" in n for n in notes)
+
+
 def test_only_single_rating_users_is_a_clear_error() -> None:
     with pytest.raises(DeeprecError, match="too few ratings to hold out"):
         holdout_split(np.array([1, 2, 3, 4]))
@@ -110,6 +136,17 @@ def test_kfold_is_stratified_and_keeps_small_users_in_train() -> None:
     for train, valid in folds:
         assert np.all(np.bincount(users[valid], minlength=10)[:10] == 5)
         assert {len(users) - 2, len(users) - 1} <= set(train.tolist())
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_kfold_pooled_users_stay_in_every_folds_training(seed: int) -> None:
+    users = np.concatenate([np.repeat(np.arange(50), 20), np.repeat(np.arange(100, 140), 3)])  # 40 users with 3 < 5
+    folds = kfold_splits(users, k=5, seed=seed)
+    validated_small = 0
+    for train, valid in folds:
+        assert not _users_without_training(users, train, valid)
+        validated_small += int((users[valid] >= 100).sum())
+    assert validated_small == 40 * 2  # all but each pooled user's kept rating are validated once
 
 
 def test_kfold_rejects_fewer_than_two_folds(users: np.ndarray) -> None:
