@@ -81,6 +81,8 @@ def run_fold(
     from deeprec.train import fit
 
     prepared = preparation.prepare(cfg, dataset=dataset, split=split)
+    if prepared.data.matrices.valid.nnz == 0:  # fold_splits refuses such folds; a split of the caller's may not
+        raise DeeprecError(f"{split.name}: no validation rating has both its user and its item in the training ratings")
     model, history = fit(cfg, prepared.data, on_epoch=None if on_epoch is None else (lambda record: on_epoch(fold, record)))
     valid = [h["valid_rmse"] for h in history]
     best = int(np.argmin(valid))

@@ -16,6 +16,7 @@ import pandas as pd
 
 from deeprec import datasets, features
 from deeprec.config import TrainConfig, check_cv
+from deeprec.errors import DeeprecError
 from deeprec.matrix import RatingMatrix, SplitMatrices, build_matrices
 from deeprec.splits import KFolds, Split, kfold_splits, make_split
 
@@ -105,7 +106,26 @@ def fold_splits(cfg: TrainConfig, dataset: datasets.Dataset, folds: int) -> tupl
     check_cv(cfg, folds)
     base = make_split(cfg.split, dataset.ratings.users)
     pool = np.concatenate([base.train, base.valid])  # kfold_splits sorts it
-    return base, FoldSplits(cfg.split, cfg.seed, kfold_splits(dataset.ratings.users, folds, seed=cfg.seed, pool=pool), base.test)
+    pairs = kfold_splits(dataset.ratings.users, folds, seed=cfg.seed, pool=pool)
+    _check_folds_can_validate(dataset, pairs)
+    return base, FoldSplits(cfg.split, cfg.seed, pairs, base.test)
+
+
+def _check_folds_can_validate(dataset: datasets.Dataset, pairs: KFolds) -> None:
+    """Refuse folds with no validation rating a fold model can predict. `build_matrices` leaves out
+    held-out ratings whose user or item has no training rating; a fold left with none would
+    train without early stopping and have no validation RMSE to report. (Every user keeps a
+    training rating in every fold; an item rated only a few times need not.)"""
+    users, items = pd.factorize(dataset.ratings.users)[0], pd.factorize(dataset.ratings.items)[0]
+    n_users, n_items = users.max() + 1, items.max() + 1
+    for fold, (train, valid) in enumerate(pairs):
+        seen_users = np.bincount(users[train], minlength=n_users) > 0
+        seen_items = np.bincount(items[train], minlength=n_items) > 0
+        if not (seen_users[users[valid]] & seen_items[items[valid]]).any():
+            raise DeeprecError(
+                f"fold {fold + 1} of {len(pairs)} cannot be validated: each of its {len(valid):,} validation ratings is of a "
+                "user or an item with no rating in the fold's training part; use fewer folds or data with more ratings per item"
+            )
 
 
 def check_data(cfg: TrainConfig, dataset: datasets.Dataset, folds: int | None = None) -> tuple[Split, FoldSplits | None]:

@@ -99,7 +99,10 @@ def stratified_holdout(
     minimum = max(2, math.ceil(1.0 / fraction), math.ceil(1.0 / (1.0 - fraction)))
     labels, splittable, n_pooled, n_single = _strata(users[pool], minimum, seed)
     if splittable.sum() < 2:
-        raise DeeprecError(f"too few ratings to hold out a {fraction:.0%} {part} share: no user has 2 or more ratings in the {len(pool):,} it is taken from")
+        raise DeeprecError(
+            f"too few ratings to hold out a {fraction:.0%} {part} share: {int(splittable.sum())} of the {len(pool):,} it is taken from "
+            "may be held out, and it takes 2 (every user keeps a rating in training)"
+        )
     kept, held_out = train_test_split(
         pool[splittable], test_size=fraction, stratify=labels[splittable], random_state=seed, shuffle=True
     )

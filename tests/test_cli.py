@@ -191,16 +191,18 @@ def test_data_a_config_cannot_use_is_named_before_tensorflow_loads(tmp_path: Pat
     folder = write_ml1m(tmp_path / "data" / "ml-1m", rows)
     users = (folder / "users.dat").read_text(encoding="latin-1").splitlines()
     (folder / "users.dat").write_text("\n".join(users[:3] + ["4::F::25"] + users[4:]) + "\n", encoding="latin-1")
-    (tmp_path / "pair.csv").write_text("1,1,5\n1,2,4\n")  # one user, two ratings: one for test, none left to validate
+    (tmp_path / "pair.csv").write_text("1,1,5\n1,2,4\n")  # one user, two ratings: one stays in training, one cannot be split
     (tmp_path / "few.csv").write_text("".join(f"{u},{i},{1 + (u + i) % 5}\n" for u in range(1, 4) for i in range(1, 4)))
+    (tmp_path / "once.csv").write_text("".join(f"{u},{10 * u + j},{1 + j % 5}\n" for u in range(1, 21) for j in range(10)))  # each item rated once
     (tmp_path / "groups.yaml").write_text("name: g\nbase: {dataset: ml-1m, epochs: 1}\nrows: [{name: ok}, {name: many, params: {groups: 'kmeans:41'}}]\n")
     (tmp_path / "sides.yaml").write_text("name: s\nbase: {dataset: ml-1m}\nrows: [{name: side, params: {side_info: user, orientation: user}, cv: {folds: 2}}]\n")
     broken = "users.dat, line 4: expected 5 fields separated by '::', got 3"
     cases = [
-        (["train", "--dataset", "csv:pair.csv?scale=1,5"], "too few ratings to hold out a 10% validation share: no user has 2 or more ratings in the 1 it"),
+        (["train", "--dataset", "csv:pair.csv?scale=1,5"], "too few ratings to hold out a 10% test share: 0 of the 2 it is taken from may be held out, and it takes 2"),
         (["train", "--dataset", "ml-1m", "--side_info", "user", "--orientation", "user"], broken),
         (["train", "--dataset", "ml-1m", "--groups", "kmeans:41"], "groups: kmeans:41 needs at least 41 users, the training data has 40"),
         (["cv", "--dataset", "csv:few.csv?scale=1,5", "--folds", "10"], "too few ratings for 10 folds"),
+        (["tune", "--dataset", "csv:once.csv?scale=1,5", "--folds", "2", "--n-trials", "1"], "fold 1 of 2 cannot be validated: each of its"),
         (["cv", "--dataset", "ml-1m", "--side_info", "user", "--orientation", "user", "--folds", "2"], broken),
         (["tune", "--dataset", "ml-1m", "--side_info", "user", "--orientation", "user", "--folds", "2", "--n-trials", "1"], broken),
         (["sweep", "groups.yaml"], "groups.yaml: row 'many': groups: kmeans:41 needs at least 41 users"),

@@ -46,6 +46,21 @@ def test_folds_partition_the_non_test_ratings(workspace: Path) -> None:
         preparation.fold_splits(cfg, dataset, 100_000)
 
 
+def test_folds_whose_validation_no_fold_model_can_predict_are_refused(tmp_path: Path) -> None:
+    """Held-out ratings of items without a training rating are left out of a fold's matrices; a
+    fold left with none would have no validation RMSE (it was a KeyError in run_fold)."""
+    from conftest import write_lines
+
+    rows = [f"{u},{10 * u + j},{1 + j % 5}" for u in range(20) for j in range(10)]  # every item rated once
+    dataset = datasets.load(datasets.get_spec(f"csv:{write_lines(tmp_path / 'once.csv', rows)}?scale=1,5"))
+    cfg = TrainConfig(**TINY).validate()
+    with pytest.raises(DeeprecError, match=r"^fold 1 of 2 cannot be validated: each of its \d+ validation ratings"):
+        preparation.fold_splits(cfg, dataset, 2)
+    base = cv.make_split(cfg.split, dataset.ratings.users)  # a split of the caller's own goes to run_fold unchecked
+    with pytest.raises(DeeprecError, match="holdout: no validation rating has both its user and its item"):
+        cv.run_fold(cfg, dataset, base, 0)
+
+
 def test_aggregation_against_hand_computed_values() -> None:
     folds = [cv.FoldResult(i, rmse, epoch, []) for i, (rmse, epoch) in enumerate([(0.90, 10), (0.86, 13), (0.88, 14)])]
     result = cv.CVResult(folds)

@@ -95,7 +95,7 @@ def test_a_held_out_share_over_half_keeps_a_rating_of_every_user() -> None:
 
 
 def test_only_single_rating_users_is_a_clear_error() -> None:
-    with pytest.raises(DeeprecError, match="too few ratings to hold out"):
+    with pytest.raises(DeeprecError, match="too few ratings to hold out a 10% test share: 0 of the 4 it is taken from may be held out"):
         holdout_split(np.array([1, 2, 3, 4]))
 
 
