@@ -223,6 +223,9 @@ def _read_frame(layout: _Layout) -> pd.DataFrame:
             skip_blank_lines=False,
             encoding=layout.fmt.encoding,
             engine="c",
+            # A generic file's ids are text: type inference would make "0012" and "12" (or "7"
+            # and "7.0") one id. `_ids` turns a column of plain integers into int64 afterwards.
+            dtype=None if layout.fmt.integer_ids else {"user": str, "item": str},
             # Quotes are not parsed as CSV quoting: one stray quote would join every line up to the
             # next one into a single field, silently. Spreadsheet exports quote whole fields
             # ("5" for user 5), so enclosing quotes are removed below instead.
@@ -243,14 +246,21 @@ def _read_frame(layout: _Layout) -> pd.DataFrame:
 
 def _without_enclosing_quotes(frame: pd.DataFrame, layout: _Layout) -> pd.DataFrame:
     """Each text field "x" as x, read as a number when its whole column then is one, so that "5"
-    and 5 are the same id; a quote left anywhere else is a malformed line."""
+    and 5 are the same; a quote left anywhere else is a malformed line. A generic file's ids stay
+    text, without surrounding spaces (an id of spaces only is missing), for `_ids`."""
     for col in frame.columns:
         if pd.api.types.is_numeric_dtype(frame[col]):
             continue  # only text columns can hold quotes
         text = frame[col].astype("string")
+        text_ids = col in ("user", "item") and not layout.fmt.integer_ids
+        if text_ids:
+            text = text.str.strip().replace("", pd.NA)  # as number parsing does: "1, 2, 5" rates item 2
         quoted = ((text.str.len() >= 2) & text.str.startswith('"') & text.str.endswith('"')).fillna(False).to_numpy(dtype=bool)
         text = text.where(~quoted, text.str[1:-1])
         _raise_at_first(layout, text.str.contains('"', regex=False).fillna(False).to_numpy(dtype=bool))
+        if text_ids:
+            frame[col] = text  # ids stay text until `_ids`
+            continue
         if not quoted.any():
             continue
         numbers = pd.to_numeric(text, errors="coerce")
@@ -398,7 +408,15 @@ def _int64_problem(what: str, text: str) -> str | None:
 
 
 def _ids(column: pd.Series) -> np.ndarray:
-    # uint64 ids (2**63 and above, generic files only) would wrap round in int64: keep them as text.
+    """Raw ids: int64 where every id of the column is a plain integer ("12", not "0012", "+12" or
+    "12.0", each of which would then be the same id as "12"), else the text as in the file
+    (without surrounding spaces)."""
     if pd.api.types.is_signed_integer_dtype(column):
         return column.to_numpy(dtype=np.int64)
-    return column.astype(str).to_numpy(dtype=object)
+    text = column.astype(str)
+    if text.str.fullmatch(r"0|-?[1-9][0-9]{0,18}").all():
+        try:
+            return np.array(text.tolist(), dtype=np.int64)
+        except OverflowError:  # beyond int64 (2**63 and above): text, rather than wrapped round
+            pass
+    return text.to_numpy(dtype=object)

@@ -181,6 +181,21 @@ def test_generic_file_keeps_huge_ids_as_text_but_refuses_huge_timestamps(tmp_pat
         read_ratings(stamps)
 
 
+def test_generic_ids_that_differ_as_text_stay_different(tmp_path: Path) -> None:
+    """Type inference read "0012" and "12" (or "7" and "7.0") as one id: ISBN- or zip-style ids
+    merged, or a duplicate rating was reported that the file does not hold."""
+    zeros = write_lines(tmp_path / "zeros.csv", ["user,item,rating", "u01,0012,5", "001,12,3", "1,777,4"])
+    ratings = read_ratings(zeros)
+    assert ratings.users.tolist() == ["u01", "001", "1"] and ratings.items.tolist() == ["0012", "12", "777"]
+    assert ratings.n_items == 3
+    isbn = write_lines(tmp_path / "isbn.csv", ["007,0195153448,5", "7,195153448,3"])
+    assert read_ratings(isbn).users.tolist() == ["007", "7"]  # not a duplicate rating
+    floats = write_lines(tmp_path / "floats.csv", ["1.0,2,5", "2, 3 ,4"])
+    ratings = read_ratings(floats)
+    assert ratings.users.tolist() == ["1.0", "2"]  # not "2.0": user 2 keeps its id
+    assert ratings.items.tolist() == [2, 3] and ratings.items.dtype == np.int64  # plain integers, spaces dropped
+
+
 @pytest.mark.parametrize("scale", [None, (1, 5)])
 def test_rating_beyond_float32_is_refused(tmp_path: Path, scale: tuple[float, float] | None) -> None:
     """1e308 is finite as text but inf as the stored float32; it used to give the scale 1..inf."""
