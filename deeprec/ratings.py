@@ -13,6 +13,7 @@ import csv
 import itertools
 import logging
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -212,17 +213,20 @@ def _read_frame(layout: _Layout) -> pd.DataFrame:
     else:
         names = layout.columns
         pandas_sep = layout.sep
+    # Other separators of several characters (`sep=||`) need pandas' Python parser, which reads
+    # one as a regular expression; the C parser takes single characters only.
+    several = len(pandas_sep) > 1
     try:
         frame = pd.read_csv(
             layout.path,
-            sep=pandas_sep,
+            sep=re.escape(pandas_sep) if several else pandas_sep,
             header=None,
             names=names,
             skiprows=1 if layout.header else 0,
             index_col=False,
             skip_blank_lines=False,
             encoding=layout.fmt.encoding,
-            engine="c",
+            engine="python" if several else "c",
             # A generic file's ids are text: type inference would make "0012" and "12" (or "7"
             # and "7.0") one id. `_ids` turns a column of plain integers into int64 afterwards.
             dtype=None if layout.fmt.integer_ids else {"user": str, "item": str},

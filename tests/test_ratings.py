@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,17 @@ def test_generic_file_detects_separator_header_and_string_ids(tmp_path: Path) ->
 def test_every_separator_is_detected(tmp_path: Path, sep: str) -> None:
     path = write_lines(tmp_path / "r.txt", [sep.join(["1", "2", "3", "0"]), sep.join(["1", "3", "4", "0"])])
     assert read_ratings(path).values.tolist() == [3.0, 4.0]
+
+
+@pytest.mark.parametrize("sep", ["||", "ab", "<->"])
+def test_a_separator_of_several_characters(tmp_path: Path, sep: str) -> None:
+    """pandas' C parser takes one character (`::` is read by splitting on `:`); these were an error."""
+    path = write_lines(tmp_path / "r.txt", [sep.join(["1", "2", "3"]), sep.join(["1", "3", "4"])])
+    ratings = read_ratings(path, RatingsFormat(sep=sep), scale=(1, 5))
+    assert ratings.items.tolist() == [2, 3] and ratings.values.tolist() == [3.0, 4.0]
+    short = write_lines(tmp_path / "short.txt", [sep.join(["1", "2", "3"]), sep.join(["1", "3"])])
+    with pytest.raises(DataFormatError, match=rf"line 2: expected 3 fields separated by '{re.escape(sep)}', got 2"):
+        read_ratings(short, RatingsFormat(sep=sep), scale=(1, 5))
 
 
 def test_zero_rating_is_a_rating_not_missing(tmp_path: Path) -> None:
