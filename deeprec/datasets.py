@@ -255,10 +255,14 @@ def download(spec: DatasetSpec, progress: Progress | None = None, root: Path | N
     present_before = find_local(spec, root) is not None  # then it is replaced; one that appears meanwhile is kept
     expected_md5 = spec.md5 or _published_md5(spec, root)
     archive = root / spec.archive_name
-    fd, partial = tempfile.mkstemp(prefix=f".{spec.archive_name}.", suffix=".part", dir=root)
-    os.close(fd)
-    staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", suffix=".extract", dir=root))
     try:
+        fd, partial = tempfile.mkstemp(prefix=f".{spec.archive_name}.", suffix=".part", dir=root)
+    except OSError as exc:
+        raise DownloadError(f"cannot write to the data directory {root}: {exc.strerror or exc}") from exc
+    os.close(fd)
+    staging: Path | None = None
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", suffix=".extract", dir=root))
         md5 = _fetch(spec, Path(partial), progress, root)
         if md5 != expected_md5:
             raise DownloadError(f"{spec.url}: checksum mismatch (MD5 {md5}, published {expected_md5}); nothing was cached")
@@ -283,9 +287,12 @@ def download(spec: DatasetSpec, progress: Progress | None = None, root: Path | N
                 raise
             return appeared
         os.replace(partial, archive)  # kept so that `deeprec data verify` can re-check the MD5
+    except OSError as exc:  # a full disk or a folder made read-only while extracting
+        raise DownloadError(f"{spec.name}: could not cache it in {root}: {exc.strerror or exc}") from exc
     finally:
         Path(partial).unlink(missing_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     log.info("%s: downloaded and verified into %s", spec.name, target)
     return target
 

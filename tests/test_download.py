@@ -219,6 +219,19 @@ def test_interrupted_transfer_is_refused_and_nothing_cached(site: Site, archive:
     assert_nothing_cached(root)
 
 
+def test_a_full_disk_while_extracting_is_a_download_error(site: Site, archive: bytes, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OSError of the cache folder itself (a full disk, a folder made read-only) was a traceback."""
+    site.serve(ARCHIVE_PATH, archive)
+
+    def disk_full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(datasets, "_extract", disk_full)
+    with pytest.raises(DownloadError, match=r"^ml-1m: could not cache it in .*: No space left on device$"):
+        datasets.download(spec_for(site, md5=md5(archive)), root=root)
+    assert_nothing_cached(root)
+
+
 def test_http_404_is_a_download_error(site: Site, root: Path) -> None:
     with pytest.raises(DownloadError, match="cannot download"):
         datasets.download(spec_for(site, md5="0" * 32), root=root)
