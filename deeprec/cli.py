@@ -16,7 +16,7 @@ from deeprec.config import DEFAULT_FOLDS, FIELD_DOCS, MAX_FOLDS, MAX_SEED, Train
 from deeprec.errors import DeeprecError
 from deeprec.idmap import stored_id
 from deeprec.ratings import DUPLICATE_POLICIES
-from deeprec.splits import REPORT_SEED, SPLIT_NAMES, check_split_for, describe_split, make_split
+from deeprec.splits import REPORT_SEED, SPLIT_NAMES, check_split_for, describe_split
 from deeprec.tune_options import PRUNE_EVERY, PRUNERS, PrunerSettings, TuneOptions
 
 log = logging.getLogger("deeprec")
@@ -249,7 +249,7 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     dataset = datasets.load(spec, progress=_progress_printer(spec.archive_name or spec.name))
     summary = dataset_summary(dataset)
     if args.split is not None:
-        split = make_split(args.split, dataset.ratings.users, seed=args.seed)
+        split = dataset.split(args.split, seed=args.seed)
         summary["split"] = describe_split(dataset.ratings.users, dataset.ratings.items, split)
     if args.json:
         print(json.dumps(summary))

@@ -21,7 +21,7 @@ import numpy as np
 from deeprec import datasets, experiment, metrics, preparation
 from deeprec.config import DEFAULT_FOLDS, TrainConfig
 from deeprec.errors import DeeprecError
-from deeprec.splits import Split, make_split
+from deeprec.splits import Split
 
 
 FoldEpochCallback = Callable[[int, dict], None]  # (fold index from 0, epoch record)
@@ -116,7 +116,7 @@ def cross_validate(
 def refit(cfg: TrainConfig, epochs: int, dataset: datasets.Dataset | None = None, on_epoch: Callable[[dict], None] | None = None) -> experiment.Outcome:
     """Train on all non-test ratings for `epochs` epochs (no early stopping), evaluate on test once."""
     dataset = dataset or datasets.load(datasets.get_spec(cfg.dataset))
-    base = make_split(cfg.split, dataset.ratings.users)
+    base = dataset.split(cfg.split)
     empty = np.array([], dtype=np.int64)
     everything = Split(f"{cfg.split}-refit", base.seed, np.sort(np.concatenate([base.train, base.valid])), empty, base.test)
     refit_cfg = cfg.replace(epochs=epochs, patience=0)

@@ -32,11 +32,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from deeprec import features
-from deeprec.errors import DeeprecError, DownloadError
+from deeprec.errors import DataFormatError, DeeprecError, DownloadError
 from deeprec.ratings import DUPLICATE_POLICIES, DuplicatePolicy, Ratings, RatingsFormat, read_ratings
+from deeprec.splits import CANONICAL_SPLITS, REPORT_SEED, Split, make_split
 
 log = logging.getLogger(__name__)
 
@@ -386,6 +388,27 @@ class Dataset:
         if sep is None or self.spec.items_file is None:
             return {}
         return features.item_titles(self.folder / self.spec.items_file, sep)
+
+    def split(self, name: str, seed: int = REPORT_SEED) -> Split:
+        """The named split of these ratings (splits.SPLIT_NAMES); ML-100K's u1..u5 hold out the
+        ratings of the u$i.test file shipped beside u.data when it is there."""
+        return make_split(name, self.ratings.users, seed, canonical_test=self._shipped_test_rows(name) if name in CANONICAL_SPLITS else None)
+
+    def _shipped_test_rows(self, name: str) -> np.ndarray | None:
+        """The rows of u.data that ML-100K's shipped `<name>.test` holds, or None without that file."""
+        path = self.folder / f"{name}.test"
+        if self.spec.local_path is not None or not path.is_file():
+            return None
+        shipped = read_ratings(path, self.spec.ratings_format, scale=self.ratings.scale)
+        known = pd.MultiIndex.from_arrays([self.ratings.users, self.ratings.items])
+        rows = known.get_indexer(pd.MultiIndex.from_arrays([shipped.users, shipped.items]))
+        found = rows >= 0
+        mismatch = np.flatnonzero(~found | (self.ratings.values[np.where(found, rows, 0)] != shipped.values))
+        if len(mismatch):
+            at = int(mismatch[0])
+            raise DataFormatError(path, at + 1, f"the rating of item {shipped.items[at]} by user {shipped.users[at]} is not the one "
+                                                f"in {self.spec.ratings_file}; the file does not belong to this copy of the dataset")
+        return rows.astype(np.int64)
 
     def item_features(self) -> pd.DataFrame:
         """Genre one-hot columns plus release_year, indexed by raw item id."""

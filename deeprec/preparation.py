@@ -18,7 +18,7 @@ from deeprec import datasets, features
 from deeprec.config import TrainConfig, check_cv
 from deeprec.errors import DeeprecError
 from deeprec.matrix import RatingMatrix, SplitMatrices, build_matrices
-from deeprec.splits import KFolds, Split, kfold_splits, make_split
+from deeprec.splits import KFolds, Split, kfold_splits
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def prepare(cfg: TrainConfig, dataset: datasets.Dataset | None = None, split: Sp
         dataset = datasets.load(datasets.get_spec(cfg.dataset))
     is_own_split = split is None  # not a fold, a refit or a group's part of a split
     if split is None:
-        split = make_split(cfg.split, dataset.ratings.users)
+        split = dataset.split(cfg.split)
     # The side file and the groups before the matrices: what the data cannot give fails fast.
     table = side_table(cfg, dataset)
     groups = None
@@ -104,7 +104,7 @@ class FoldSplits(Sequence[Split]):
 def fold_splits(cfg: TrainConfig, dataset: datasets.Dataset, folds: int) -> tuple[Split, FoldSplits]:
     """The base split (whose test part is held out) and K fold splits of its non-test ratings."""
     check_cv(cfg, folds)
-    base = make_split(cfg.split, dataset.ratings.users)
+    base = dataset.split(cfg.split)
     pool = np.concatenate([base.train, base.valid])  # kfold_splits sorts it
     pairs = kfold_splits(dataset.ratings.users, folds, seed=cfg.seed, pool=pool)
     _check_folds_can_validate(dataset, pairs)
@@ -133,7 +133,7 @@ def check_data(cfg: TrainConfig, dataset: datasets.Dataset, folds: int | None = 
     split (with `folds`, its CV folds), its side-information file and its user groups. Returns
     the split and the folds, for a caller that trains on them next (`deeprec cv`)."""
     if folds is None:
-        split, splits = make_split(cfg.split, dataset.ratings.users), None
+        split, splits = dataset.split(cfg.split), None
     else:
         split, splits = fold_splits(cfg, dataset, folds)
     side_table(cfg, dataset)

@@ -4,9 +4,13 @@ Protocols:
 - `holdout` (the report's): 10% of the ratings as test, stratified by user, then 10% of the rest
   as validation, stratified by user, both with `random_state=999613182` (scikit-learn's
   `train_test_split`).
-- `u1`..`u5` (ML-100K's canonical folds, as GroupLens's mku.sh makes them from `u.data`):
-  u$i.test = lines (i-1)*20000+1 .. i*20000 in file order, u$i.base = the rest; validation is
-  then 10% of the base, stratified by user, as in `holdout`.
+- `u1`..`u5` (ML-100K's canonical folds): the ratings of the `u$i.test` file GroupLens ships
+  beside `u.data` (`Dataset.split` finds them), u$i.base = the rest. Without that file, the fold
+  is made as GroupLens's mku.sh makes it from `u.data`: lines (i-1)*20000+1 .. i*20000 in file
+  order. The shipped files were not made from the shipped `u.data`'s order (u1.test holds about
+  half of user 1's ratings, a block of u.data's lines about a fifth of anyone's), so only the
+  first matches published results. Validation
+  is then 10% of the base, stratified by user, as in `holdout`.
 - `kfold_splits`: K folds stratified by user (scikit-learn's `StratifiedKFold`), used for CV.
 
 Users too small to stratify (never a crash): stratifying by user needs each user to get at
@@ -127,21 +131,28 @@ def holdout_split(
     return Split("holdout", seed, np.sort(train), np.sort(valid), np.sort(test), _notes(test=test_notes, validation=valid_notes))
 
 
-def canonical_split(users: np.ndarray, name: str, seed: int = REPORT_SEED, valid_fraction: float = HOLDOUT_VALID_FRACTION) -> Split:
-    """ML-100K's u1..u5: test = the name's 20,000-line block of u.data in file order."""
+def canonical_split(
+    users: np.ndarray, name: str, seed: int = REPORT_SEED, valid_fraction: float = HOLDOUT_VALID_FRACTION, test: np.ndarray | None = None
+) -> Split:
+    """ML-100K's u1..u5: test = `test` (the rows of the shipped u$i.test file), or without it the
+    name's 20,000-line block of u.data in file order, as mku.sh makes it."""
     if name not in CANONICAL_SPLITS:
         raise DeeprecError(f"unknown canonical split {name!r}; choose one of {', '.join(CANONICAL_SPLITS)}")
     n = len(users)
-    if n != 5 * CANONICAL_FOLD_SIZE:
+    if test is not None:
+        test, source = np.unique(np.asarray(test, dtype=np.int64)), f"the ratings of the shipped {name}.test"
+    elif n != 5 * CANONICAL_FOLD_SIZE:
         raise DeeprecError(
             f"split {name} is ML-100K's canonical fold and needs exactly {5 * CANONICAL_FOLD_SIZE:,} ratings "
             f"in u.data's file order; this dataset has {n:,}"
         )
-    fold = int(name[1:])
-    test = np.arange((fold - 1) * CANONICAL_FOLD_SIZE, fold * CANONICAL_FOLD_SIZE, dtype=np.int64)
+    else:
+        fold = int(name[1:])
+        test = np.arange((fold - 1) * CANONICAL_FOLD_SIZE, fold * CANONICAL_FOLD_SIZE, dtype=np.int64)
+        source = f"lines {test[0] + 1:,}-{test[-1] + 1:,} of u.data, as mku.sh makes {name}.test (no shipped {name}.test found)"
     base = np.setdiff1d(np.arange(n, dtype=np.int64), test)
     train, valid, notes = stratified_holdout(base, users, valid_fraction, seed, part="validation")
-    return Split(name, seed, np.sort(train), np.sort(valid), test, _notes(validation=notes))
+    return Split(name, seed, np.sort(train), np.sort(valid), test, (f"test: {source}", *_notes(validation=notes)))
 
 
 def check_split_for(name: str, dataset: str) -> None:
@@ -152,12 +163,13 @@ def check_split_for(name: str, dataset: str) -> None:
         raise DeeprecError(f"split {name} is ML-100K's canonical fold; use dataset ml-100k (or a csv: copy of its u.data)")
 
 
-def make_split(name: str, users: np.ndarray, seed: int = REPORT_SEED) -> Split:
-    """A split by name (see SPLIT_NAMES)."""
+def make_split(name: str, users: np.ndarray, seed: int = REPORT_SEED, canonical_test: np.ndarray | None = None) -> Split:
+    """A split by name (see SPLIT_NAMES); `canonical_test` is the test rows of u1..u5 where the
+    dataset ships them (`Dataset.split` passes them)."""
     if name == "holdout":
         return holdout_split(users, seed=seed)
     if name in CANONICAL_SPLITS:
-        return canonical_split(users, name, seed=seed)
+        return canonical_split(users, name, seed=seed, test=canonical_test)
     raise DeeprecError(f"unknown split {name!r}; choose one of: {', '.join(SPLIT_NAMES)}")
 
 

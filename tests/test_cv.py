@@ -56,7 +56,7 @@ def test_folds_whose_validation_no_fold_model_can_predict_are_refused(tmp_path: 
     cfg = TrainConfig(**TINY).validate()
     with pytest.raises(DeeprecError, match=r"^fold 1 of 2 cannot be validated: each of its \d+ validation ratings"):
         preparation.fold_splits(cfg, dataset, 2)
-    base = cv.make_split(cfg.split, dataset.ratings.users)  # a split of the caller's own goes to run_fold unchecked
+    base = dataset.split(cfg.split)  # a split of the caller's own goes to run_fold unchecked
     with pytest.raises(DeeprecError, match="holdout: no validation rating has both its user and its item"):
         cv.run_fold(cfg, dataset, base, 0)
 

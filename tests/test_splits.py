@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.model_selection import train_test_split
 
-from conftest import synthetic_ratings
-from deeprec.errors import DeeprecError
+from conftest import synthetic_ratings, write_lines, write_ml100k
+from deeprec import datasets
+from deeprec.errors import DataFormatError, DeeprecError
 from deeprec.splits import REPORT_SEED, canonical_split, describe_split, holdout_split, kfold_splits, make_split, stratified_holdout
 
 
@@ -165,6 +168,29 @@ def test_canonical_u1_regenerates_mku_sh() -> None:
         base = np.sort(np.concatenate([split.train, split.valid]))
         np.testing.assert_array_equal(base, np.setdiff1d(np.arange(100_000), split.test))
         assert abs(len(split.valid) - 8000) <= 1
+
+
+def test_canonical_folds_are_the_shipped_test_files_when_present(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GroupLens's u1.test holds about half of user 1's ratings: it was not made by mku.sh from
+    the shipped u.data's order, so the file, not the regeneration, is the fold."""
+    rows = synthetic_ratings(n_users=1000, n_items=400, per_user=(100, 101), seed=5)
+    rows = rows[np.random.default_rng(1).permutation(len(rows))]  # u.data's order is not the folds'
+    folder = write_ml100k(tmp_path / "ml-100k", rows)
+    chosen = np.flatnonzero((rows[:, 0] < 400) & (rows[:, 1] % 2 == 0))  # not a block of lines
+    write_lines(folder / "u1.test", [f"{u}\t{i}\t{r}\t{t}" for u, i, r, t in rows[np.sort(chosen)][::-1]])
+    monkeypatch.setenv("DEEPREC_DATA_DIR", str(tmp_path))
+    dataset = datasets.load(datasets.get_spec("ml-100k"))
+    split = dataset.split("u1")
+    np.testing.assert_array_equal(split.test, np.sort(chosen))
+    np.testing.assert_array_equal(np.sort(np.concatenate([split.train, split.valid])), np.setdiff1d(np.arange(len(rows)), chosen))
+    assert split.notes[0] == "test: the ratings of the shipped u1.test"
+    regenerated = dataset.split("u2")  # no u2.test beside u.data: mku.sh's lines
+    np.testing.assert_array_equal(regenerated.test, np.arange(20_000, 40_000))
+    assert "as mku.sh makes u2.test (no shipped u2.test found)" in regenerated.notes[0]
+    u, i, r, t = rows[chosen[0]]
+    write_lines(folder / "u1.test", [f"{u}\t{i}\t{r % 5 + 1}\t{t}"])  # a rating u.data does not hold
+    with pytest.raises(DataFormatError, match=rf"u1\.test, line 1: the rating of item {i} by user {u} is not the one in u\.data"):
+        dataset.split("u1")
 
 
 def test_canonical_split_needs_ml100k_size(users: np.ndarray) -> None:
