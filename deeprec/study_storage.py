@@ -67,6 +67,14 @@ def display_storage(url: str) -> str:
     return shown_uri(url)
 
 
+# What to install when SQLAlchemy cannot import a URL's driver, by dialect.
+DRIVER_HINTS = {
+    "postgresql": "e.g. pip install psycopg2-binary, with postgresql+psycopg2:// URLs",
+    "mysql": "e.g. pip install PyMySQL, with mysql+pymysql:// URLs",
+    "mariadb": "e.g. pip install PyMySQL, with mariadb+pymysql:// URLs",
+}
+
+
 def open_storage(
     url: str,
     heartbeat_interval: int | None = DEFAULT_HEARTBEAT_INTERVAL,
@@ -81,7 +89,18 @@ def open_storage(
         path = Path(url[len("journal:"):]).expanduser()
         if not path.parent.is_dir():
             raise DeeprecError(f"storage {shown}: folder {path.parent} does not exist")
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        if path.is_dir() or not path.name:
+            raise DeeprecError(f"storage {shown}: {path} is a folder; journal: needs a file path (it is created if missing)")
+        try:
+            storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+            storage.get_all_studies()  # replays the journal now, so that a file that is not one fails here
+        # What Optuna's replay raises on a file that is not a journal: JSON or UTF-8 errors
+        # (ValueError), an unknown operation (AssertionError), a record without its fields.
+        except (ValueError, AssertionError, KeyError, TypeError) as exc:
+            raise DeeprecError(f"storage {shown}: {path} is not an Optuna journal file ({type(exc).__name__}: {exc})") from None
+        except OSError as exc:
+            raise DeeprecError(f"storage {shown}: {path}: {exc.strerror or exc}") from None
+        return storage
     try:
         dialect = sqlalchemy.engine.make_url(url).get_backend_name()
     except sqlalchemy.exc.ArgumentError:
@@ -95,7 +114,8 @@ def open_storage(
                     heartbeat_stale_trial_callback=on_stale,
                 )
         except ImportError as exc:
-            raise DeeprecError(f"storage {shown}: database driver missing ({exc}); e.g. pip install psycopg2-binary for PostgreSQL") from None
+            hint = DRIVER_HINTS.get(dialect, "install the driver the URL names")
+            raise DeeprecError(f"storage {shown}: database driver missing ({exc}); {hint}") from None
         except sqlalchemy.exc.SQLAlchemyError as exc:
             message = " ".join(str(exc.orig if getattr(exc, "orig", None) else exc).split())
             # Workers (or machines) that start together on a new database race to create Optuna's

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import mlflow
@@ -232,12 +233,12 @@ def track_cv(
         dataset = datasets.load(datasets.get_spec(cfg.dataset))
     base, splits = prepared_folds or preparation.fold_splits(cfg, dataset, folds)
     results: list[cv.FoldResult] = []
-    with mlflow.start_run(run_name=run_name or f"cv {folds} folds", parent_run_id=parent_run_id) as parent, killed_on_interrupt():
+    with interruptible_run(run_name=run_name or f"cv {folds} folds", parent_run_id=parent_run_id) as parent:
         log_config(cfg)
         log_new_params({"folds": folds, "refit": format_param(refit), "ensemble": format_param(ensemble)})
         mlflow.set_tags(run_tags(cfg, dataset, {"deeprec.kind": "cv", **(tags or {})}))
         for fold, split in enumerate(splits):
-            with mlflow.start_run(run_name=f"fold {fold + 1}/{folds}", nested=True), killed_on_interrupt():
+            with interruptible_run(run_name=f"fold {fold + 1}/{folds}", nested=True):
                 log_config(cfg)
                 mlflow.log_param("fold", fold + 1)
                 mlflow.set_tags(run_tags(cfg, dataset, {"deeprec.kind": "cv-fold"}))
@@ -264,22 +265,40 @@ def track_cv(
 
 
 @contextmanager
-def killed_on_interrupt() -> Iterator[None]:
-    """End the active run KILLED when Ctrl-C or SIGTERM (`interrupts`) stops it: left to MLflow's
-    `start_run` context, it would end FAILED. Inside nested runs, each level ends its own."""
+def interruptible_run(**start_run_args: Any) -> Iterator[mlflow.ActiveRun]:
+    """`mlflow.start_run(**start_run_args)` as a context that ends the run FINISHED, FAILED on an
+    error, or KILLED when Ctrl-C or SIGTERM (`interrupts`) stops it (MLflow's own context would
+    end it FAILED). A signal that arrives while the run is being created is held until the run
+    exists and raised then, here: raised inside `start_run`, it left a RUNNING run that no handler
+    knew of. Inside nested runs, each level ends its own."""
+    run = None
     try:
-        yield
+        with interrupts.deferred():
+            run = mlflow.start_run(**start_run_args)
+        yield run
     except KeyboardInterrupt:
-        with interrupts.deferred():  # a second Ctrl-C here would leave the run RUNNING
-            mlflow.set_tag("failure", "interrupted by the user")
-            mlflow.end_run("KILLED")
+        _end_if_active(run, "KILLED", failure="interrupted by the user")
         raise
+    except BaseException:
+        _end_if_active(run, "FAILED")
+        raise
+    _end_if_active(run, "FINISHED")
+
+
+def _end_if_active(run: mlflow.ActiveRun | None, status: str, failure: str | None = None) -> None:
+    active = mlflow.active_run()
+    if run is None or active is None or active.info.run_id != run.info.run_id:
+        return  # not started, or already ended by the block
+    with interrupts.deferred():  # a second Ctrl-C here would leave the run RUNNING
+        if failure is not None:
+            mlflow.set_tag("failure", failure)
+        mlflow.end_run(status)
 
 
 def tracked_refit(cfg: TrainConfig, epochs: int, dataset: datasets.Dataset, tags: dict[str, str] | None = None) -> tuple[str, dict[str, float]]:
     """A run (nested under the active one, if any): train on all non-test ratings for `epochs`,
     evaluate on the test split once. Returns its run id and test metrics."""
-    with mlflow.start_run(run_name="refit", nested=True) as run, killed_on_interrupt():
+    with interruptible_run(run_name="refit", nested=True) as run:
         refit_cfg = cfg.replace(epochs=epochs, patience=0)
         log_config(refit_cfg)
         mlflow.set_tags(run_tags(cfg, dataset, {"deeprec.kind": "refit", **(tags or {})}))
@@ -299,7 +318,7 @@ def train_tracked(
     already prepared (else it is prepared here)."""
     cfg.validate()
     prepared = prepared or preparation.prepare(cfg, dataset=dataset)
-    with mlflow.start_run(run_name=run_name, nested=nested, parent_run_id=parent_run_id) as run, killed_on_interrupt():
+    with interruptible_run(run_name=run_name, nested=nested, parent_run_id=parent_run_id) as run:
         log_config(cfg)
         mlflow.set_tags(run_tags(cfg, prepared.dataset, tags))
         log_training_input(dataset_input(prepared))
@@ -319,7 +338,7 @@ def train_tracked(
             mlflow.end_run("FAILED")
             raise
         except KeyboardInterrupt:
-            _log_partial(history)  # killed_on_interrupt ends the run KILLED
+            _log_partial(history)  # interruptible_run ends the run KILLED
             raise
         mlflow.log_metrics(outcome.metrics)
         log_history(outcome.history)

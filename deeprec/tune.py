@@ -43,7 +43,8 @@ trials do not count towards --n-trials; once this invocation has as many failed 
 --n-trials asked for (at least 5), its workers stop instead of sampling forever.
 
 MLflow. One parent run per study (tags `optuna_study=<name>`, `deeprec.kind=tune`), found again by
-those tags in the current experiment when the study is resumed; params = the base config
+those tags in the current experiment when the study is resumed (resuming a study whose parent is
+in another experiment is refused, naming it); params = the base config
 (`searched` for the fields the trials sample), `folds`, `optuna_storage` (password hidden) and
 `search_space`, logged once. Under `mlflow run`, whose -P values are logged before deeprec starts
 and cannot change, the tag `params_overridden` holds the values the study uses where they differ
@@ -85,9 +86,11 @@ heartbeats it waits while the remaining slots are held by running trials: they f
 and fail and free their slot). A trial failed as stale whose worker later reports a result is not
 counted (Optuna refuses to update a finished trial), so nothing is counted twice. Several machines
 running the same command against one storage and one tracking server cooperate on the same
-target (each computes it when it starts) and share the study and its parent run; start the first
-one before the others, since two invocations creating a new study at the same instant could each
-create a parent run.
+target (each computes it when it starts) and share the study and its parent run: between them
+they add about n_trials, not n_trials each. Each trial carries its invocation's id (user attr
+`invocation`), so each invocation reports the trials it added itself (`trials_added`). Start the
+first one before the others, since two invocations creating a new study at the same instant could
+each create a parent run.
 
 Workers. With one worker the trials run in this process. With N > 1, N worker processes
 `python -m deeprec tune --worker` are started (fresh processes: TensorFlow does not survive a
@@ -118,6 +121,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -159,6 +163,7 @@ TAG_STALE_REFIT = "refit_stale"  # parent-run tag while the best trial has chang
 TAG_PRUNER = "pruner"  # trial runs: the rule they ran under; the parent: this invocation's
 TAG_OVERRIDDEN = "params_overridden"  # parent-run tag: params `mlflow run` logged that the study does not use
 RETRY_OF = "retry_of"  # trial user attr and run tag: the number of the cut-short trial whose values it runs again
+INVOCATION = "invocation"  # trial user attr: which `deeprec tune` invocation ran it (its count of trials added)
 SEARCHED = "searched"  # the parent's param for a field the trials sample
 MIN_FAILURE_BUDGET = 5
 
@@ -186,6 +191,7 @@ class WorkerSpec:
     sampler_seed: int
     index: int
     threads: int | None = None  # TensorFlow thread pools of a worker process (None: TF's default)
+    invocation: str = ""  # the coordinator's id, set on every trial this worker runs
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -235,6 +241,7 @@ class _Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker_pid", os.getpid())
+        trial.set_user_attr(INVOCATION, self.spec.invocation)
         trial.set_user_attr("worker_host", socket.gethostname())
         values = {name: spec.suggest(trial, name) for name, spec in self.space.params.items()}
         run, self.current_run_id, self.last_state = None, None, None
@@ -443,11 +450,14 @@ def run_study(cfg: TrainConfig, space: SearchSpace | None = None, options: TuneO
     # This invocation's trials: the new ones, and any queued retry an earlier invocation left.
     baseline = min([t.number for t in trials if t.state == TrialState.WAITING] + [len(trials)])
     target = existing + options.n_trials
-    log.info("study %s in %s: %d finished trials, running %d more with %d worker(s)", study_name, shown, existing, options.n_trials, options.n_workers)
+    n_workers = max(1, min(options.n_workers, options.n_trials))  # a worker per trial at most
+    # Other invocations of the study (other machines) share the target: together they run
+    # until it is reached, so each adds its share of the trials, not n_trials each.
+    log.info("study %s in %s: %d finished trials, running until it has %d, with %d worker(s)", study_name, shown, existing, target, n_workers)
 
-    parent_id = _parent_run(study_name, base, options, space, shown)
+    parent_id = _parent_run(study_name, base, options, space, shown, len(trials))
     # Per invocation (a resumed study may use others): tags, which the next invocation overwrites.
-    MlflowClient().log_batch(parent_id, tags=[RunTag(TAG_PRUNER, options.pruner.label()), RunTag("n_workers", str(options.n_workers))])
+    MlflowClient().log_batch(parent_id, tags=[RunTag(TAG_PRUNER, options.pruner.label()), RunTag("n_workers", str(n_workers))])
     experiment_id = MlflowClient().get_run(parent_id).info.experiment_id
     if options.n_trials > 0:
         # Trials of killed workers are failed now (where heartbeats tell), with their MLflow runs,
@@ -456,17 +466,19 @@ def run_study(cfg: TrainConfig, space: SearchSpace | None = None, options: TuneO
         with using_experimental_optuna_features():
             optuna.storages.fail_stale_trials(optuna.load_study(study_name=study_name, storage=marking))
         _retry_cut_short(study, study.get_trials(deepcopy=False))
-    n_workers = max(1, min(options.n_workers, options.n_trials))
     from deeprec.train import usable_cores
 
     cores = usable_cores()
+    if n_workers > cores:
+        log.warning("%d workers on %d usable cores: each gets one thread, and they slow each other down", n_workers, cores)
+    invocation = uuid.uuid4().hex
     specs = [
         WorkerSpec(
             study_name=study_name, storage=storage_url, config=base.to_params(), space=space.to_dict(), folds=options.folds,
             pruner=dataclasses.asdict(options.pruner), heartbeat_interval=options.heartbeat_interval, grace_period=options.grace_period,
             parent_run_id=parent_id, experiment_id=experiment_id, target=target, baseline=baseline,
             max_failures=max(MIN_FAILURE_BUDGET, options.n_trials), sampler_seed=sampler_seed(base.seed, baseline, i), index=i,
-            threads=None if n_workers == 1 else max(1, cores // n_workers),
+            threads=None if n_workers == 1 else max(1, cores // n_workers), invocation=invocation,
         )
         for i in range(n_workers)
     ]
@@ -498,7 +510,7 @@ def run_study(cfg: TrainConfig, space: SearchSpace | None = None, options: TuneO
     return TuneResult(
         study_name=study_name, storage=shown, parent_run_id=parent_id,
         trials_complete=counts["complete"], trials_pruned=counts["pruned"], trials_failed=counts["failed"],
-        trials_added=counts["complete"] + counts["pruned"] - existing,
+        trials_added=sum(t.state in FINISHED and t.user_attrs.get(INVOCATION) == invocation for t in study.get_trials(deepcopy=False)),
         best_value=None if best is None else float(best.value), best_trial=None if best is None else best.number,
         best_params={} if best is None else dict(best.params),
         refit_run_id=refit_run_id, refit_metrics=refit_metrics, refit_error=refit_error,
@@ -547,8 +559,10 @@ def _same_param(logged: str, ours: str) -> bool:
         return False
 
 
-def _parent_run(study_name: str, base: TrainConfig, options: TuneOptions, space: SearchSpace, shown_storage: str) -> str:
-    """The study's parent run: found by its tags in the current experiment, else created."""
+def _parent_run(study_name: str, base: TrainConfig, options: TuneOptions, space: SearchSpace, shown_storage: str, n_trials: int) -> str:
+    """The study's parent run: found by its tags in the current experiment, else created. A study
+    with trials (`n_trials`) whose parent is in another experiment is refused: a second parent
+    would log the whole study's counts and best trial over only this invocation's trial runs."""
     # `mlflow run` hands its own run to the command through MLFLOW_RUN_ID. That run becomes the
     # parent of a new study; when resuming, it only points at the study's parent, and it must not
     # be picked up by the trials' start_run calls (MLflow would resume it instead of nesting).
@@ -563,6 +577,16 @@ def _parent_run(study_name: str, base: TrainConfig, options: TuneOptions, space:
             MlflowClient().log_batch(project_run, tags=[RunTag(TAG_STUDY, study_name), RunTag("study_parent_run_id", parent_id), RunTag(TAG_KIND, "tune-invocation")])
         log.info("resuming the study's MLflow parent run %s", parent_id)
         return parent_id
+    if n_trials:
+        elsewhere = [run for run in mlflow.search_runs(
+            search_all_experiments=True, filter_string=f"tags.{TAG_STUDY} = '{study_name}' and tags.`{TAG_KIND}` = 'tune'", output_format="list",
+        ) if run.data.params.get("optuna_storage") == shown_storage]
+        if elsewhere:
+            other = MlflowClient().get_experiment(elsewhere[0].info.experiment_id)
+            raise DeeprecError(f"study {study_name}: its MLflow parent run {elsewhere[0].info.run_id} is in experiment '{other.name}', "
+                               f"not this command's; resume it there (MLFLOW_EXPERIMENT_NAME={other.name}) or give another --study-name")
+        log.warning("study %s has %d trial(s) but no MLflow parent run in this tracking store: a new one logs the study, "
+                    "and only this invocation's trials are nested under it", study_name, n_trials)
     with mlflow.start_run(run_id=project_run, run_name=f"tune {study_name}", tags=tags) as run:
         # Not named like the MLproject parameters (storage, space): `mlflow run` logs those as typed.
         params = {**parent_params(base, space), "folds": str(options.folds), "optuna_storage": shown_storage,

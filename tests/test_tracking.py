@@ -285,3 +285,35 @@ def test_cli_trains_what_it_prepared_before_tensorflow(workspace: Path, capsys: 
     side = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     model = mlflow.keras.load_model(f"runs:/{side['run_id']}/model")
     assert model.input_shape[-1] == 25 + 30  # the 25 items' ratings and the 30 one-hot user features
+
+
+def test_a_signal_while_a_run_is_being_created_ends_that_run_killed(mlflow_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C inside `mlflow.start_run` (after the run is written, before it is returned) left
+    the new run RUNNING with no handler to end it; its parent ended KILLED."""
+    real_start_run = mlflow.start_run
+
+    def start_run_then_signal(*args, **kwargs):
+        run = real_start_run(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # as if it came while the run was being created
+        return run
+
+    body_ran = []
+    with interrupts.installed(), pytest.raises(KeyboardInterrupt):
+        with tracking.interruptible_run(run_name="parent") as parent:
+            monkeypatch.setattr(mlflow, "start_run", start_run_then_signal)
+            with tracking.interruptible_run(run_name="child", nested=True):
+                body_ran.append(True)
+    assert not body_ran and mlflow.active_run() is None
+    runs = MlflowClient().search_runs([parent.info.experiment_id])
+    assert {r.info.run_name: r.info.status for r in runs} == {"parent": "KILLED", "child": "KILLED"}
+    assert all(r.data.tags["failure"] == "interrupted by the user" for r in runs)
+
+
+def test_interruptible_run_ends_finished_or_failed(mlflow_store: Path) -> None:
+    with tracking.interruptible_run(run_name="fine") as fine:
+        pass
+    with pytest.raises(ValueError), tracking.interruptible_run(run_name="broken") as broken:
+        raise ValueError("boom")
+    client = MlflowClient()
+    assert client.get_run(fine.info.run_id).info.status == "FINISHED"
+    assert client.get_run(broken.info.run_id).info.status == "FAILED" and mlflow.active_run() is None

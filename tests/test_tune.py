@@ -356,8 +356,13 @@ def test_opening_a_storage_with_heartbeats_prints_no_experimental_warning(tmp_pa
 def test_storage_urls_hide_passwords_and_bad_ones_fail_in_one_line(tmp_path: Path) -> None:
     assert study_storage.display_storage("postgresql+psycopg2://me:secret@db.example:5432/optuna") == "postgresql+psycopg2://me:***@db.example:5432/optuna"
     assert study_storage.display_storage("journal:/x/j.log") == "journal:/x/j.log"
+    (tmp_path / "ratings.csv").write_text("user,item,rating\n1,2,5\n")
     for url, message in (("nonsense", "not a SQLAlchemy URL"), (f"sqlite:///{tmp_path}/missing/dir/optuna.db", "unable to open database file"),
-                         (f"journal:{tmp_path}/missing/j.log", "does not exist")):
+                         (f"journal:{tmp_path}/missing/j.log", "does not exist"),
+                         (f"journal:{tmp_path}", f"{tmp_path} is a folder; journal: needs a file path"),  # was IsADirectoryError
+                         (f"journal:{tmp_path}/ratings.csv", "ratings.csv is not an Optuna journal file (JSONDecodeError"),  # was a traceback
+                         *((("mysql://me:pw@localhost/db", "e.g. pip install PyMySQL"),)  # not psycopg2's hint
+                           if importlib.util.find_spec("MySQLdb") is None else ())):
         with pytest.raises(DeeprecError) as err:
             study_storage.open_storage(url)
         assert message in str(err.value) and "\n" not in str(err.value)
@@ -479,6 +484,33 @@ def test_tiny_study_end_to_end_then_resumed(workspace: Path, capsys: pytest.Capt
     # Resuming with a different setup is refused before anything runs.
     assert main(["tune", *TINY, "--epochs", "3", "--n-trials", "1"]) == 2  # the last --epochs wins
     assert "epochs: the study was created with 2, this command has 3" in capsys.readouterr().err
+    # ... and so is resuming it from another experiment than its parent run's (a second parent
+    # would log the whole study over only some of its trial runs).
+    mlflow.set_experiment("elsewhere")
+    try:
+        assert main(["tune", *TINY, "--n-trials", "1"]) == 2
+    finally:
+        mlflow.set_experiment("Default")
+    assert f"its MLflow parent run {parent.info.run_id} is in experiment '" in capsys.readouterr().err
+
+
+def test_trials_added_are_this_invocations_own(workspace: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Invocations sharing a study (other machines) share its target; each counted every trial
+    finished meanwhile as one it added. The n_workers tag is the count started, not asked for."""
+    run_worker = tune.run_worker
+
+    def another_machine_finishes_one_first(spec: tune.WorkerSpec, dataset: object = None) -> dict:
+        study = optuna.load_study(study_name=spec.study_name, storage=spec.storage)
+        study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=9.0, user_attrs={"invocation": "another"}))
+        return run_worker(spec, dataset)
+
+    monkeypatch.setattr(tune, "run_worker", another_machine_finishes_one_first)
+    result = tune_json(capsys, "--n-trials", "2", "--no-refit")
+    assert result["trials_complete"] + result["trials_pruned"] == 2 and result["trials_added"] == 1  # was 2
+    monkeypatch.setattr(tune, "run_worker", run_worker)
+    result = tune_json(capsys, "--n-trials", "1", "--n-workers", "5", "--no-refit")
+    assert result["trials_added"] == 1
+    assert MlflowClient().get_run(result["parent_run_id"]).data.tags["n_workers"] == "1"  # at most one per trial; was 5
 
 
 def test_under_mlflow_run_the_parent_names_the_params_the_study_does_not_use(workspace: Path, capsys: pytest.CaptureFixture,
