@@ -605,6 +605,12 @@ def _parent_run(study_name: str, base: TrainConfig, options: TuneOptions, space:
         return run.info.run_id
 
 
+# What the coordinator sends a worker it stops. A worker that has started handles SIGTERM as it
+# does Ctrl-C (`interrupts`: its trial ends FAILED, its run KILLED); one still importing, before
+# the handler exists, just ends, where SIGINT printed a KeyboardInterrupt traceback of the import.
+WORKER_STOP_SIGNAL = signal.SIGTERM
+
+
 def _run_worker_processes(specs: list[WorkerSpec]) -> list[int]:
     """`python -m deeprec tune --worker` per spec (fresh processes: TensorFlow does not survive a
     fork); wait for all; on Ctrl-C, interrupt them so their trials end FAILED rather than stale."""
@@ -625,7 +631,7 @@ def _run_worker_processes(specs: list[WorkerSpec]) -> list[int]:
     finally:
         for proc in procs:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(WORKER_STOP_SIGNAL)
         for proc in procs:
             try:
                 proc.wait(timeout=60)

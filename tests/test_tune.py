@@ -678,6 +678,17 @@ def test_a_signal_to_the_whole_group_stops_two_workers_cleanly(workspace: Path) 
     assert runs and all((r.info.status, r.data.tags.get("trial_state")) in {("KILLED", "failed"), ("FINISHED", "complete")} for r in runs)
 
 
+@pytest.mark.parametrize("delay", [0.2, 0.6])
+def test_a_worker_stopped_while_it_starts_ends_without_a_traceback(delay: float) -> None:
+    """On Ctrl-C the coordinator stops its workers; one still importing deeprec, before its signal
+    handler exists, printed a KeyboardInterrupt traceback of the import when that was SIGINT."""
+    worker = subprocess.Popen([sys.executable, "-m", "deeprec", "tune", "--worker"], stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)  # importing deeprec's command line takes longer
+    worker.send_signal(tune.WORKER_STOP_SIGNAL)
+    _, err = worker.communicate(timeout=60)
+    assert worker.returncode != 0 and "Traceback" not in err, err
+
+
 # --------------------------------------------------------------------------- PostgreSQL
 
 
