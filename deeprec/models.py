@@ -114,7 +114,13 @@ def untie(model: keras.Model, cfg: TrainConfig) -> keras.Model:
     from deeprec.layers import DenseTransposed
 
     n_inputs, n_outputs = model.input_shape[-1], model.output_shape[-1]
-    plain = MODELS[cfg.model](cfg.replace(tied=False), n_inputs, n_outputs)
+    # Under the model's own precision policy: built in float32, a bfloat16 model's copy computed
+    # other predictions than those evaluated (by up to 4e-3).
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if cfg.precision == "bfloat16" else "float32")
+    try:
+        plain = MODELS[cfg.model](cfg.replace(tied=False), n_inputs, n_outputs)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     for layer in plain.layers:
         if not layer.weights:
             continue

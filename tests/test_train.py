@@ -72,6 +72,18 @@ def test_every_combination_trains_an_epoch(eager, tiny_prepared, model: str, fil
     assert all(type(layer).__module__.startswith("keras") for layer in plain.layers)  # reloads without custom objects
 
 
+def test_a_tied_bfloat16_model_exports_the_predictions_it_was_evaluated_on(tiny_prepared) -> None:
+    """`untie` built the plain copy in float32: its predictions differed by up to 4e-3."""
+    cfg = TrainConfig(orientation="user", arch="6", tied=True, precision="bfloat16", epochs=1, batch_size=8, patience=0).validate()
+    prepared = tiny_prepared[("user", "zero", "none")]
+    trained, _ = fit(cfg, prepared.data)
+    plain = untie(trained, cfg)
+    policies = {layer.name: layer.dtype_policy.name for layer in plain.layers if layer.weights}
+    assert policies == {layer.name: layer.dtype_policy.name for layer in trained.layers if layer.weights} and "mixed_bfloat16" in policies.values()
+    rows = np.arange(5)
+    np.testing.assert_array_equal(predict_rows(plain, prepared.data, rows), predict_rows(trained, prepared.data, rows))
+
+
 def test_item_orientation_with_item_side_information(tiny_prepared) -> None:
     cfg = TrainConfig(orientation="item", side_info="item", arch="5", epochs=2, batch_size=4, patience=0).validate()
     prepared = tiny_prepared[("item", "zero", "item")]
