@@ -8,8 +8,9 @@ Evaluation semantics (stated in every report):
 - `test_rmse_user_avg` is the original report's metric: RMSE per user, averaged over users;
 - baselines (global/user/item mean, user+item bias) are fitted on the same training ratings and
   scored on the same test ratings;
-- ranking@10: test ratings >= 4 are relevant, items rated in training are never recommended,
-  users without a relevant test item are skipped.
+- ranking@10: test ratings in the top quarter of the scale are relevant (>= 4 on 1..5, as is
+  usual for MovieLens; >= 7.75 on 1..10), items rated in training are never recommended, users
+  without a relevant test item are skipped.
 """
 
 from __future__ import annotations
@@ -35,7 +36,13 @@ from deeprec.train import compiled_forward, fit, predict_rows
 log = logging.getLogger(__name__)
 
 RANKING_K = 10
-RELEVANT_RATING = 4.0
+RELEVANT_SHARE = 0.75  # of the way up the rating scale: 4 on MovieLens' 1..5 (and its 0.5..5 half stars)
+
+
+def relevance_threshold(scale: tuple[float, float]) -> float:
+    """The lowest relevant rating: a fixed 4 counted almost every rating of a 1..10 scale."""
+    low, high = scale
+    return low + RELEVANT_SHARE * (high - low)
 DENSE_RANKING_BYTES = 2 << 30  # item-major ranking needs the full prediction matrix; skip above this
 
 
@@ -127,7 +134,7 @@ def _ranking(model, prepared: Prepared, forward: Callable, train_u, train_i, tra
             return {}
         full = np.concatenate([predict_rows(model, data, np.arange(s, min(s + 1024, n_items)), forward) for s in range(0, n_items, 1024)]).T
         score_rows = lambda rows: full[rows]  # noqa: E731
-    ranking = metrics.ranking_at_k(score_rows, train, test, k=RANKING_K, threshold=RELEVANT_RATING)
+    ranking = metrics.ranking_at_k(score_rows, train, test, k=RANKING_K, threshold=relevance_threshold(data.scale))
     return {k: float(v) for k, v in ranking.items()}
 
 

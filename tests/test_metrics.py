@@ -240,3 +240,12 @@ def test_ranking_checks_shapes() -> None:
         ranking_at_k(lambda rows: SCORES[rows], RANK_TRAIN, RANK_TEST[:, :5], k=3)
     with pytest.raises(ValueError, match="score_rows returned shape"):
         ranking_at_k(lambda rows: SCORES[rows, :5], RANK_TRAIN, RANK_TEST, k=3)
+
+
+def test_relevance_is_the_top_quarter_of_the_rating_scale() -> None:
+    """A fixed 4 made almost every rating of a 1..10 file relevant; MovieLens keeps its usual 4."""
+    from deeprec.experiment import relevance_threshold
+
+    assert relevance_threshold((1.0, 5.0)) == 4.0
+    assert relevance_threshold((0.5, 5.0)) == 3.875  # ML-10M/20M half stars: 4, 4.5 and 5 are relevant
+    assert relevance_threshold((1.0, 10.0)) == 7.75
