@@ -60,6 +60,7 @@ def collect(experiment: Experiment) -> list[ReportRow]:
             log.warning("%s: %d finished run(s) trained an earlier config of this row; left out", row.name, len(named) - len(mine))
         full = [r for r in mine if r.data.tags.get(TAG_SMOKE) != "true"]
         chosen, smoke = (full, False) if full else (mine, bool(mine))
+        chosen = _latest_alike(row.name, chosen)
         user_avg = _logged(chosen, row.metric_key("test_rmse_user_avg"))
         rmse = _logged(chosen, row.metric_key("test_rmse"))
         spread = user_avg if experiment.metric == "test_rmse_user_avg" else rmse
@@ -70,6 +71,23 @@ def collect(experiment: Experiment) -> list[ReportRow]:
             _mean(best_epochs), _mean(minutes),
         ))
     return rows
+
+
+def _latest_alike(row: str, runs: list) -> list:
+    """The runs measured on the same ratings (MD5) and, for smoke runs, with the same epochs as
+    the latest one: a csv: file edited in place keeps its path, the config's only trace of it,
+    and smoke sweeps of different --epochs are not one measurement."""
+    if not runs:
+        return runs
+    latest = max(runs, key=lambda r: r.info.end_time or 0)
+
+    def key(run) -> tuple:
+        return run.data.tags.get("dataset_digest"), run.data.params.get("epochs")
+
+    alike = [r for r in runs if key(r) == key(latest)]
+    if len(alike) < len(runs):
+        log.warning("%s: %d finished run(s) measured other ratings or another smoke --epochs than the latest; left out", row, len(runs) - len(alike))
+    return alike
 
 
 def _logged(runs: list, key: str) -> list[float]:

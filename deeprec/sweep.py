@@ -14,7 +14,8 @@ An experiment file is one table or figure of the report:
 The whole file is validated (every row's config) before anything runs. Runs are nested under one
 parent run per sweep and tagged deeprec.sweep, deeprec.row, deeprec.seed_index and deeprec.smoke;
 running the sweep again skips the (row, seed, smoke) runs that already FINISHED with the row's
-current config. A run counts for a row only while its logged params still read back as that
+current config on the same ratings (the ratings file's MD5: a csv: file edited in place is other
+data under the same path), a smoke run only with the same `--epochs`. A run counts for a row only while its logged params still read back as that
 config: edit a row (or the base) and its old runs are ignored, by the sweep and by the report,
 and the row runs again. `--epochs`
 overrides every row's epochs for a quick smoke sweep: those runs are tagged smoke and the report
@@ -317,7 +318,7 @@ def run_sweep(path: str | Path, seeds: int = 1, max_parallel: int = 1, epochs: i
     if max_parallel > 1:
         loaded.clear()  # the workers read their own
     parent_id = _parent_run(experiment)
-    done = finished_runs(experiment, smoke)
+    done = finished_runs(experiment, epochs, digests)
     jobs = [
         Job(experiment, row.name, s, epochs, parent_id)
         for row in experiment.rows for s in range(seeds) if (row.name, s) not in done
@@ -439,20 +440,27 @@ def _parent_run(experiment: Experiment) -> str:
         return run.info.run_id
 
 
-def finished_runs(experiment: Experiment, smoke: bool) -> set[tuple[str, int]]:
-    """(row, seed index) pairs with a FINISHED run of this sweep, the same smoke flag and the
-    row's current config."""
+def finished_runs(experiment: Experiment, epochs: int | None, digests: dict[str, str]) -> set[tuple[str, int]]:
+    """(row, seed index) pairs with a FINISHED run of this sweep that trained the row's current
+    config: a full run, or with `epochs` a smoke run of that many epochs; on the ratings each
+    dataset has now (`digests`: the ratings files' MD5). A csv: file edited in place is not the
+    data its runs measured, though its path, all the config holds, is the same."""
     import mlflow
 
+    smoke = epochs is not None
     runs = mlflow.search_runs(
         filter_string=f"tags.`{TAG_SWEEP}` = '{experiment.name}' and tags.`{TAG_KIND}` = 'sweep-run' and tags.`{TAG_SMOKE}` = '{str(smoke).lower()}' and attributes.status = 'FINISHED'",
         output_format="list",
     )
     rows = {row.name: row for row in experiment.rows}
-    return {
-        (r.data.tags[TAG_ROW], int(r.data.tags[TAG_SEED]))
-        for r in runs if r.data.tags.get(TAG_ROW) in rows and trained_row_config(r, experiment, rows[r.data.tags[TAG_ROW]])
-    }
+    done = set()
+    for run in runs:
+        row = rows.get(run.data.tags.get(TAG_ROW, ""))
+        if row is None or not trained_row_config(run, experiment, row, epochs):
+            continue
+        if run.data.tags.get("dataset_digest") == digests.get(experiment.config(row, 0, epochs).dataset):
+            done.add((row.name, int(run.data.tags[TAG_SEED])))
+    return done
 
 
 def logged_config(run: Run) -> TrainConfig | None:
@@ -477,15 +485,16 @@ def logged_cv(run: Run) -> RowCV | None:
         return None
 
 
-def trained_row_config(run: Run, experiment: Experiment, row: Row) -> bool:
+def trained_row_config(run: Run, experiment: Experiment, row: Row, smoke_epochs: int | None = None) -> bool:
     """Whether a tracked sweep run trained `row`'s current config for its seed index, the
-    same way (one training run, or the row's cross-validation)."""
+    same way (one training run, or the row's cross-validation). A smoke run's epochs are the
+    sweep's `--epochs`: `smoke_epochs` when given, else any."""
     logged = logged_config(run)
     if logged is None or logged_cv(run) != row.cv:
         return False
     smoke = run.data.tags.get(TAG_SMOKE) == "true"
     try:
-        expected = experiment.config(row, int(run.data.tags.get(TAG_SEED, "0")), logged.epochs if smoke else None)
+        expected = experiment.config(row, int(run.data.tags.get(TAG_SEED, "0")), (smoke_epochs or logged.epochs) if smoke else None)
     except (ConfigError, ValueError):
         return False
     return logged == expected

@@ -199,6 +199,30 @@ def test_an_edited_row_runs_again_and_its_old_runs_leave_the_report(workspace: P
     assert rows["average"]["measured_user_avg"] == pytest.approx(edited.data.metrics["test_rmse_user_avg"])
 
 
+def test_other_smoke_epochs_or_other_ratings_are_not_finished_runs(workspace: Path, capsys: pytest.CaptureFixture) -> None:
+    """A smoke sweep with another --epochs, or any sweep after the ratings file changed in place,
+    found every row finished and trained nothing; the report then showed the old numbers."""
+    def sweep_json(*args: str) -> dict:
+        assert main(["sweep", "tiny.yaml", *args, "--json"]) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    def report_rows() -> dict:
+        assert main(["report", "tiny.yaml", "--json"]) == 0
+        return {r["name"]: r for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]}
+
+    assert sweep_json("--epochs", "1")["ran"] == 2
+    assert (sweep_json("--epochs", "2")["ran"], sweep_json("--epochs", "2")["ran"]) == (2, 0)  # was 0: "finished" at 1 epoch
+    rows = report_rows()
+    assert all(r["runs"] == 1 and r["smoke"] for r in rows.values())  # the latest --epochs, not 1 and 2 averaged
+    runs = MlflowClient().search_runs(["0"], f"tags.`{TAG_SWEEP}` = 'tiny' and tags.`{TAG_ROW}` = 'zero' and params.epochs = '2'")
+    assert rows["zero"]["measured_user_avg"] == pytest.approx(runs[0].data.metrics["test_rmse_user_avg"])
+
+    ratings = workspace / "data" / "ml-1m" / "ratings.dat"
+    ratings.write_text("".join(ratings.read_text().splitlines(keepends=True)[:-3]))  # the same path, other ratings
+    assert sweep_json("--epochs", "2")["ran"] == 2  # was 0
+    assert all(r["runs"] == 1 for r in report_rows().values())
+
+
 def test_a_row_another_sweep_trained_is_copied_not_trained_again(workspace: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["sweep", "tiny.yaml", "--json"]) == 0
     capsys.readouterr()
