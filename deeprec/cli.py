@@ -371,7 +371,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         raise DeeprecError(
             f"no finished runs of experiment {experiment.name!r} in the tracking store {tracking_store.shown_uri(mlflow.get_tracking_uri())}; "
-            f"run `deeprec sweep {args.experiment}` first, from the same folder or with the same MLFLOW_TRACKING_URI"
+            f"run `deeprec sweep {args.experiment}` first, from the same folder or with the same MLFLOW_TRACKING_URI "
+            "(runs of an earlier version of a row, or on other data, do not count)"
         )
     print(table)
     if args.json:

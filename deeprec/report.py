@@ -147,16 +147,18 @@ def figure(experiment: Experiment, rows: list[ReportRow]) -> Figure:
 
 
 def report(experiment: Experiment) -> tuple[list[ReportRow], str]:
-    """Collect the rows, and log the table and the plot to the sweep's parent run when it exists."""
+    """Collect the rows, and log the table and the plot to the sweep's parent run when it exists
+    and some row has runs (an empty table would replace a good one). Logged by run id, so the
+    parent's status stays as the sweep left it (a run context would end it FINISHED)."""
     import mlflow
 
     rows = collect(experiment)
     table = markdown(experiment, rows)
     parents = mlflow.search_runs(filter_string=f"tags.`{TAG_SWEEP}` = '{experiment.name}' and tags.`{TAG_KIND}` = 'sweep'", output_format="list")
-    if parents:
-        with mlflow.start_run(run_id=parents[0].info.run_id):
-            mlflow.log_text(table, f"report/{experiment.name}.md")
-            mlflow.log_figure(figure(experiment, rows), f"report/{experiment.name}.png")
+    if parents and any(row.runs for row in rows):
+        client, run_id = mlflow.MlflowClient(), parents[0].info.run_id
+        client.log_text(run_id, table, f"report/{experiment.name}.md")
+        client.log_figure(run_id, figure(experiment, rows), f"report/{experiment.name}.png")
     return rows, table
 
 

@@ -113,6 +113,9 @@ def test_a_sweep_whose_every_run_failed_ends_its_parent_failed(mlflow_store: Pat
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     parent = MlflowClient().get_run(summary["parent_run_id"])
     assert parent.info.status == "FAILED" and parent.data.tags["failure"].startswith("all 1 run(s) of this invocation failed")
+    assert main(["report", "one.yaml"]) == 2  # nothing to report: the parent stays FAILED, no empty table on it (it was FINISHED)
+    assert MlflowClient().get_run(summary["parent_run_id"]).info.status == "FAILED"
+    assert not MlflowClient().list_artifacts(summary["parent_run_id"], "report")
     assert main(["sweep", "one.yaml", "--json"]) == 0  # run again: the row trains, the parent is FINISHED again
     parent = MlflowClient().get_run(summary["parent_run_id"])
     assert parent.info.status == "FINISHED" and "failure" not in parent.data.tags
@@ -134,7 +137,8 @@ def test_sweep_resume_and_report(workspace: Path, capsys: pytest.CaptureFixture,
     assert main(["report", "tiny.yaml"]) == 2  # before any sweep: one line, not a table of dashes
     err = capsys.readouterr().err.strip()
     assert err.startswith("deeprec: error: no finished runs of experiment 'tiny' in the tracking store ") and "\n" not in err
-    assert err.endswith("run `deeprec sweep tiny.yaml` first, from the same folder or with the same MLFLOW_TRACKING_URI")
+    assert err.endswith("run `deeprec sweep tiny.yaml` first, from the same folder or with the same MLFLOW_TRACKING_URI "
+                        "(runs of an earlier version of a row, or on other data, do not count)")
     loads = []
     load = datasets.load
     monkeypatch.setattr(datasets, "load", lambda *a, **k: loads.append(a) or load(*a, **k))
