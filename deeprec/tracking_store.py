@@ -218,7 +218,9 @@ def recommender_uri(run_id: str) -> str:
         reason = f"it is a copy of run {tags['deeprec.reused_from']}, which holds it; use --run-id {tags['deeprec.reused_from']}"
     elif "deeprec.models" in tags:
         reason = tags["deeprec.models"]
-    elif "deeprec.kind" in tags:
+    elif "folds" in run.data.params:  # a cross-validation, also as a sweep's row (kind sweep-run)
+        reason = "it is a cross-validation run; recommenders come from `deeprec train` runs and sweep rows of one training run"
+    elif tags.get("deeprec.kind", "sweep-run") != "sweep-run":
         reason = f"it is a {tags['deeprec.kind']} run; recommenders come from `deeprec train` runs and sweep rows"
     elif run.info.status != "FINISHED":
         reason = f"it ended {run.info.status} before one was logged"

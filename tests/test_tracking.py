@@ -123,6 +123,13 @@ def test_ctrl_c_marks_the_run_killed_and_keeps_what_was_logged(
     capsys.readouterr()  # MLflow's log of the experiment's creation
     assert main(["recommend", "--run-id", run.info.run_id, "--user", "1"]) == 2
     assert capsys.readouterr().err.strip() == f"deeprec: error: run {run.info.run_id} has no recommender: it ended KILLED before one was logged"
+    client.set_tag(run.info.run_id, "deeprec.kind", "sweep-run")  # a sweep's row interrupted the same way: the same reason
+    assert main(["recommend", "--run-id", run.info.run_id, "--user", "1"]) == 2
+    assert capsys.readouterr().err.strip().endswith("has no recommender: it ended KILLED before one was logged")
+    client.log_param(run.info.run_id, "folds", "5")  # a sweep's cross-validation row
+    assert main(["recommend", "--run-id", run.info.run_id, "--user", "1"]) == 2
+    assert capsys.readouterr().err.strip().endswith("has no recommender: it is a cross-validation run; recommenders come from "
+                                                    "`deeprec train` runs and sweep rows of one training run")
     assert main(["recommend", "--run-id", "0" * 32, "--user", "1"]) == 2
     assert capsys.readouterr().err.strip().startswith(f"deeprec: error: no run '{'0' * 32}' in the tracking store ")
 
