@@ -544,13 +544,15 @@ def _copy_run(source: Run, experiment: Experiment, job: Job, parent_id: str) -> 
 
     client = MlflowClient()
     source_id = source.info.run_id
+    trained_by = source.data.tags.get(TAG_REUSED, source_id)  # a copy's source may be a copy itself: name the run that trained
     name = f"{job.row} · seed {source.data.params.get('seed', job.seed_index)}"
     tags = {k: v for k, v in source.data.tags.items() if not k.startswith("mlflow.") or k.startswith("mlflow.source.") or k == "mlflow.user"}
     tags.update({
         TAG_SWEEP: experiment.name, TAG_ROW: job.row, TAG_SEED: str(job.seed_index), TAG_SMOKE: "false", TAG_KIND: "sweep-run",
-        TAG_REUSED: source_id, "mlflow.parentRunId": parent_id,
+        TAG_REUSED: trained_by, "mlflow.parentRunId": parent_id,
         "mlflow.note.content": f"Copied from run {source_id} (sweep {source.data.tags.get(TAG_SWEEP)}, row "
-                               f"{source.data.tags.get(TAG_ROW)}): the same config and seed on the same data. Its recommender is logged there.",
+                               f"{source.data.tags.get(TAG_ROW)}): the same config and seed on the same data. Its recommender is logged "
+                               f"in run {trained_by}, which trained it.",
     })
     run = client.create_run(client.get_run(parent_id).info.experiment_id, start_time=source.info.start_time, tags=tags, run_name=name)
     run_id = run.info.run_id

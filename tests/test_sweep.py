@@ -14,7 +14,7 @@ from conftest import synthetic_ratings, write_ml1m
 from deeprec import datasets
 from deeprec.cli import main
 from deeprec.errors import DeeprecError
-from deeprec.sweep import TAG_REUSED, TAG_ROW, TAG_SMOKE, TAG_SWEEP, load_experiment
+from deeprec.sweep import TAG_REUSED, TAG_ROW, TAG_SMOKE, TAG_SWEEP, Job, _copy_run, load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT_FILES = sorted(p for p in (ROOT / "experiments").glob("*.yaml") if "rows:" in p.read_text())
@@ -257,6 +257,10 @@ def test_a_row_another_sweep_trained_is_copied_not_trained_again(workspace: Path
     assert main(["recommend", "--run-id", copy.info.run_id, "--user", "1"]) == 2  # the recommender stays with the source run
     assert capsys.readouterr().err.strip() == (f"deeprec: error: run {copy.info.run_id} has no recommender: it is a copy of run "
                                                f"{source.info.run_id}, which holds it; use --run-id {source.info.run_id}")
+    other = load_experiment(workspace / "other.yaml")  # a copy of the copy names the run that trained (and holds the recommender)
+    twice = client.get_run(_copy_run(copy, other, Job(other, "baseline", 0, None, summary["parent_run_id"]), summary["parent_run_id"]))
+    assert twice.data.tags[TAG_REUSED] == source.info.run_id and f"logged in run {source.info.run_id}" in twice.data.tags["mlflow.note.content"]
+    client.delete_run(twice.info.run_id)
     assert main(["report", "other.yaml", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]}
     assert rows["baseline"]["measured_user_avg"] == pytest.approx(source.data.metrics["test_rmse_user_avg"])
