@@ -152,6 +152,8 @@ class TrainConfig:
         notes = []
         if self.noise == "none" and self.noise_level != default.noise_level:
             notes.append(f"noise_level {format_param(self.noise_level)} has no effect with noise=none (choose gaussian, dropout or mask)")
+        if self.noise != "none" and self.noise_level == 0:
+            notes.append(f"noise={self.noise} has no effect with noise_level 0 (give --noise_level, e.g. 0.2)")
         if self.optimizer != "momentum" and self.momentum != default.momentum:
             notes.append(f"momentum {format_param(self.momentum)} has no effect with optimizer={self.optimizer} (it applies to optimizer=momentum)")
         if self.l2_decoder is not None and self.tied:

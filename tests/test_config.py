@@ -153,3 +153,5 @@ def test_settings_the_config_never_reads_are_named() -> None:
         "momentum 0.5 has no effect with optimizer=adam (it applies to optimizer=momentum)",
         "l2_decoder has no effect with tied=true (the decoder is the encoder's kernel transposed)",
     ]
+    # the reverse: a noise without its level was silently no noise
+    assert TrainConfig(noise="mask").unused_settings() == ["noise=mask has no effect with noise_level 0 (give --noise_level, e.g. 0.2)"]
