@@ -96,7 +96,7 @@ def log_recommender(model: keras.Model, prepared: Prepared, cfg: TrainConfig, na
             input_example=example,
             # The model code imports deeprec.serve.Recommender: ship the package beside it.
             code_paths=[str(MODEL_CODE.parent)],
-            pip_requirements=_requirements(),
+            pip_requirements=runtime_requirements(),
         )
 
 
@@ -144,7 +144,7 @@ def _id_array(ids: np.ndarray) -> np.ndarray:
     return ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(str)
 
 
-def _requirements() -> list[str]:
+def runtime_requirements() -> list[str]:
     """Pinned versions of the installed runtime packages (skips the slow import-capturing inference)."""
     pins = []
     for package in RUNTIME_PACKAGES:

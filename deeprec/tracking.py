@@ -180,7 +180,9 @@ def _log_models(model, prepared: preparation.Prepared, cfg: TrainConfig) -> None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model"
         path.mkdir()
-        mlflow.keras.save_model(plain, str(path), signature=signature, input_example=example)
+        # Pinned requirements, as the recommender's: MLflow's inference runs a subprocess, which a
+        # Ctrl-C from the terminal reaches too, leaving requirements of keras alone.
+        mlflow.keras.save_model(plain, str(path), signature=signature, input_example=example, pip_requirements=serve.runtime_requirements())
         mlflow.log_artifacts(str(path), "model")
     serve.log_recommender(plain, prepared, cfg, name="recommender")
 

@@ -59,6 +59,9 @@ def test_mlflow_run_end_to_end(workspace: Path) -> None:
     assert inputs and inputs[0].dataset.name == "ml-1m"
 
     keras_model = mlflow.keras.load_model(f"runs:/{run.info.run_id}/model")
+    requirements = Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model/requirements.txt")).read_text().split()
+    assert {line.split("==")[0] for line in requirements} >= {"mlflow", "keras", "numpy"}  # pinned, not inferred in a subprocess
+    assert any(line.startswith(("tensorflow==", "tensorflow-cpu==")) for line in requirements)
     example = np.zeros((2, keras_model.input_shape[-1]), dtype=np.float32)
     assert keras_model.predict(example, verbose=0).shape == (2, keras_model.output_shape[-1])
 
