@@ -240,5 +240,6 @@ def build_matrices(
     if dense_cache or (dense_cache is None and 3 * 4 * train_values.shape[0] * train_values.shape[1] <= DENSE_CACHE_BYTES):
         train = train.with_dense_cache()
     if dropped_valid or dropped_test:
-        log.info("held-out ratings of users/items unseen in training, left out: valid %d, test %d", dropped_valid, dropped_test)
+        log.info("held-out ratings of users/items unseen in training, left out of the matrices: valid %d, test %d "
+                 "(the test metrics score those with the bias baseline)", dropped_valid, dropped_test)
     return SplitMatrices(train, valid, test, users, items, orientation, {"valid": dropped_valid, "test": dropped_test})

@@ -163,6 +163,9 @@ def _target_experiment():
         if named is not None and named.experiment_id != experiment_id:  # MLflow refuses the pair once the run starts
             raise DeeprecError(f"MLFLOW_EXPERIMENT_ID={experiment_id} and MLFLOW_EXPERIMENT_NAME={name} (id {named.experiment_id}) "
                                "name different experiments; unset one of them")
+        if name and named is None:  # MLflow would create the named one and ignore the id
+            raise DeeprecError(f"MLFLOW_EXPERIMENT_ID={experiment_id} (experiment {experiment.name!r}) and MLFLOW_EXPERIMENT_NAME={name} "
+                               "name different experiments; unset one of them")
     elif name:
         experiment = client.get_experiment_by_name(name)
     else:

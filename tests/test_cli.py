@@ -239,6 +239,8 @@ def test_stores_and_experiments_that_cannot_take_runs_fail_in_one_line_before_th
         ({"MLFLOW_TRACKING_URI": good, "MLFLOW_EXPERIMENT_ID": "987"}, "MLFLOW_EXPERIMENT_ID=987: no such experiment in the tracking store"),
         ({"MLFLOW_TRACKING_URI": good, "MLFLOW_EXPERIMENT_ID": "0", "MLFLOW_EXPERIMENT_NAME": "gone"},
          "MLFLOW_EXPERIMENT_ID=0 and MLFLOW_EXPERIMENT_NAME=gone (id 1) name different experiments; unset one of them"),
+        ({"MLFLOW_TRACKING_URI": good, "MLFLOW_EXPERIMENT_ID": "0", "MLFLOW_EXPERIMENT_NAME": "new"},  # MLflow made 'new', ignoring the id
+         "MLFLOW_EXPERIMENT_ID=0 (experiment 'Default') and MLFLOW_EXPERIMENT_NAME=new name different experiments; unset one of them"),
     ]
     # mlflow.set_experiment in an earlier test of this process exports MLFLOW_EXPERIMENT_ID
     base_env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")}
