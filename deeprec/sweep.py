@@ -158,7 +158,8 @@ def load_experiment(path: str | Path, check_data: bool = True) -> Experiment:
         rows.append(Row(row_name, None if published is None else float(published), _string_params(path, where, item.get("params") or {}), row_cv))
     names = [r.name for r in rows]
     if len(set(names)) != len(names):
-        raise DeeprecError(f"{path}: row names must be unique")
+        twice = next(n for n in names if names.count(n) > 1)
+        raise DeeprecError(f"{path}: row names must be unique; {twice!r} names {names.count(twice)} rows")
     experiment = Experiment(name, _name(path, "title", doc.get("title", name)), metric, base, tuple(rows), path)
     present: set[str] = set()
     for row in rows:
@@ -434,6 +435,9 @@ def _parent_run(experiment: Experiment) -> str:
 
     runs = mlflow.search_runs(filter_string=f"tags.`{TAG_SWEEP}` = '{experiment.name}' and tags.`{TAG_KIND}` = 'sweep'", output_format="list")
     if runs:
+        # The file as this invocation read it (overwriting the earlier copy): an edited row's new
+        # runs and report sit beside the file that made them.
+        mlflow.MlflowClient().log_artifact(runs[0].info.run_id, str(experiment.path))
         return runs[0].info.run_id
     with mlflow.start_run(run_name=f"sweep {experiment.name}", tags={TAG_SWEEP: experiment.name, TAG_KIND: "sweep"}) as run:
         mlflow.log_artifact(str(experiment.path))

@@ -7,6 +7,7 @@ import logging
 import re
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -41,7 +42,7 @@ def test_the_report_tables_are_all_there() -> None:
         ("name: x\nrows: [{name: a, params: {dropout: 1.5}}]\n", "row 'a': dropout: must be a fraction"),
         ("name: x\nrows: [{name: a, params: {learning_rate: 1}}]\n", "row 'a': learning_rate: unknown parameter"),
         ("name: x\nrows: [{name: a, published: high}]\n", "published must be a number"),
-        ("name: x\nrows: [{name: a}, {name: a}]\n", "row names must be unique"),
+        ("name: x\nrows: [{name: a}, {name: a}]\n", "row names must be unique; 'a' names 2 rows"),
         ("name: x\nrows: [{name: a, seeds: 3}]\n", "unknown key 'seeds'"),
         ("name: [unclosed\n", "not valid YAML"),
         ("name: x\nrows: [{name: a, cv: 5}]\n", "row 'a': cv must be a mapping"),
@@ -193,6 +194,8 @@ def test_an_edited_row_runs_again_and_its_old_runs_leave_the_report(workspace: P
     assert main(["sweep", "tiny.yaml", "--epochs", "1", "--json"]) == 0
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (again["ran"], again["skipped"]) == (1, 1)  # only the edited row
+    logged = mlflow.artifacts.download_artifacts(run_id=again["parent_run_id"], artifact_path="tiny.yaml", dst_path=str(workspace / "got"))
+    assert "l2: 0.01" in Path(logged).read_text()  # the parent keeps the file as it is now, not as first swept
     runs = MlflowClient().search_runs(["0"], f"tags.`{TAG_SWEEP}` = 'tiny' and tags.`{TAG_ROW}` = 'average'")
     assert sorted(r.data.params["l2"] for r in runs) == ["0.0001", "0.01"]
 
