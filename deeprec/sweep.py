@@ -392,8 +392,10 @@ def _interrupt(pool: ProcessPoolExecutor, stop: Event, parent_id: str, started_m
     for process in workers:
         if process.is_alive():
             os.kill(process.pid, signal.SIGTERM)
-    log.info("sweep stopped: waiting for the workers to mark their runs KILLED (Ctrl-C again to stop them at once)")
     try:
+        # Logged inside the try: a second Ctrl-C right after the line (as soon as a user reads it)
+        # escaped before it, leaving the workers running and their runs RUNNING.
+        log.info("sweep stopped: waiting for the workers to mark their runs KILLED (Ctrl-C again to stop them at once)")
         pool.shutdown(wait=True, cancel_futures=True)
     except KeyboardInterrupt:
         # A second Ctrl-C or SIGTERM: stop now. Cut short, the shutdown left the pool's threads
