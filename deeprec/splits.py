@@ -9,8 +9,8 @@ Protocols:
   is made as GroupLens's mku.sh makes it from `u.data`: lines (i-1)*20000+1 .. i*20000 in file
   order. The shipped files were not made from the shipped `u.data`'s order (u1.test holds about
   half of user 1's ratings, a block of u.data's lines about a fifth of anyone's), so only the
-  first matches published results. Validation
-  is then 10% of the base, stratified by user, as in `holdout`.
+  first matches published results. Validation is then 10% of the base, stratified by user, as
+  in `holdout`.
 - `kfold_splits`: K folds stratified by user (scikit-learn's `StratifiedKFold`), used for CV.
 
 Users too small to stratify (never a crash): stratifying by user needs each user to get at

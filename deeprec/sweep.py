@@ -15,11 +15,11 @@ The whole file is validated (every row's config) before anything runs. Runs are 
 parent run per sweep and tagged deeprec.sweep, deeprec.row, deeprec.seed_index and deeprec.smoke;
 running the sweep again skips the (row, seed, smoke) runs that already FINISHED with the row's
 current config on the same ratings (the ratings file's MD5: a csv: file edited in place is other
-data under the same path), a smoke run only with the same `--epochs`. A run counts for a row only while its logged params still read back as that
-config: edit a row (or the base) and its old runs are ignored, by the sweep and by the report,
-and the row runs again. `--epochs`
-overrides every row's epochs for a quick smoke sweep: those runs are tagged smoke and the report
-never averages them with full runs.
+data under the same path), a smoke run only with the same `--epochs`. A run counts for a row only
+while its logged params still read back as that config: edit a row (or the base) and its old
+runs are ignored, by the sweep and by the report, and the row runs again. `--epochs` overrides
+every row's epochs for a quick smoke sweep: those runs are tagged smoke and the report never
+averages them with full runs.
 
 A row may be a cross-validation instead of one training run (the accuracy tables' fold ensembles):
 

@@ -567,9 +567,8 @@ def _parent_run(study_name: str, base: TrainConfig, options: TuneOptions, space:
     # parent of a new study; when resuming, it only points at the study's parent, and it must not
     # be picked up by the trials' start_run calls (MLflow would resume it instead of nesting).
     project_run = os.environ.pop("MLFLOW_RUN_ID", None)
-    found = mlflow.search_runs(
-        filter_string=f"tags.{TAG_STUDY} = '{study_name}' and tags.`{TAG_KIND}` = 'tune'", order_by=["attributes.start_time ASC"], output_format="list",
-    )
+    parents = f"tags.{TAG_STUDY} = '{study_name}' and tags.`{TAG_KIND}` = 'tune'"
+    found = mlflow.search_runs(filter_string=parents, order_by=["attributes.start_time ASC"], output_format="list")
     tags = {TAG_STUDY: study_name, TAG_KIND: "tune"}
     if found:
         parent_id = found[0].info.run_id
@@ -578,9 +577,8 @@ def _parent_run(study_name: str, base: TrainConfig, options: TuneOptions, space:
         log.info("resuming the study's MLflow parent run %s", parent_id)
         return parent_id
     if n_trials:
-        elsewhere = [run for run in mlflow.search_runs(
-            search_all_experiments=True, filter_string=f"tags.{TAG_STUDY} = '{study_name}' and tags.`{TAG_KIND}` = 'tune'", output_format="list",
-        ) if run.data.params.get("optuna_storage") == shown_storage]
+        elsewhere = [run for run in mlflow.search_runs(search_all_experiments=True, filter_string=parents, output_format="list")
+                     if run.data.params.get("optuna_storage") == shown_storage]
         if elsewhere:
             other = MlflowClient().get_experiment(elsewhere[0].info.experiment_id)
             raise DeeprecError(f"study {study_name}: its MLflow parent run {elsewhere[0].info.run_id} is in experiment '{other.name}', "
